@@ -1,0 +1,476 @@
+// CPU kernels of subkernel_tokenize (SPEC §1).
+//
+// Everything before the pool is linear in x, so the T sub-kernel convolutions are one u x u,
+// stride-u convolution with the combined kernel K_eff = sum_t softmax(w)_t k_t. The image is
+// processed in tiles of token rows: each tile is an implicit-im2col GEMM (BLAS) whose output
+// [D, fine pixels of the tile] is max-pooled straight into the tokens, so the fine map never
+// exists in full and no per-sub-kernel tensor ever exists. With pool="avg" the pooled combined
+// kernel folds into one q x q kernel: the op costs exactly the plain patch embedding.
+// Half and bfloat16 inputs are computed in float32 and rounded once at the end.
+#include "lowres.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+
+namespace lowres {
+namespace {
+
+at::ScalarType accumulate_type(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Token rows per tile: enough fine pixels for an efficient GEMM, few enough to stay in cache.
+int64_t tile_rows(const SubkernelGeometry& g) {
+  const int64_t fine_pixels_per_row = g.ratio * g.fine_w * g.ratio;
+  return std::clamp<int64_t>(512 / std::max<int64_t>(fine_pixels_per_row, 1), 1, g.grid_h);
+}
+
+// K_eff[dc, i, j] = sum_{a,b} alpha[a n + b] K[dc, a step + i, b step + j] (zero past the kernel edge).
+template <typename T>
+void combine_subkernels(const SubkernelGeometry& g, const T* K, const T* alpha, T* keff) {
+  const int64_t q = g.patch, u = g.sub, n = g.per_side;
+  at::parallel_for(0, g.dim * g.channels, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t dc = begin; dc < end; ++dc) {
+      const T* k = K + dc * q * q;
+      T* out = keff + dc * u * u;
+      std::fill(out, out + u * u, T(0));
+      for (int64_t a = 0; a < n; ++a) {
+        for (int64_t b = 0; b < n; ++b) {
+          const T w = alpha[a * n + b];
+          for (int64_t i = 0; i < u && a * g.step + i < q; ++i) {
+            const T* src = k + (a * g.step + i) * q + b * g.step;
+            const int64_t cols = std::min(u, q - b * g.step);
+            for (int64_t j = 0; j < cols; ++j) out[i * u + j] += w * src[j];
+          }
+        }
+      }
+    }
+  });
+}
+
+// The adjoint of combine_subkernels: dalpha[t] = <dK_eff, k_t>, and (when dK is given)
+// dK[dc, a step + i, b step + j] += alpha[t] dK_eff[dc, i, j].
+template <typename T>
+void combine_subkernels_backward(const SubkernelGeometry& g, const T* K, const T* alpha, const T* dkeff, T* dalpha,
+                                 T* dK) {
+  const int64_t q = g.patch, u = g.sub, n = g.per_side, T_ = n * n;
+  const int64_t threads = at::get_num_threads();
+  std::vector<T> partial(threads * T_, T(0));
+  at::parallel_for(0, g.dim * g.channels, 16, [&](int64_t begin, int64_t end) {
+    T* mine = partial.data() + at::get_thread_num() * T_;
+    for (int64_t dc = begin; dc < end; ++dc) {
+      const T* k = K + dc * q * q;
+      const T* dk = dkeff + dc * u * u;
+      for (int64_t a = 0; a < n; ++a) {
+        for (int64_t b = 0; b < n; ++b) {
+          const int64_t t = a * n + b, cols = std::min(u, q - b * g.step);
+          T acc = 0;
+          for (int64_t i = 0; i < u && a * g.step + i < q; ++i) {
+            const int64_t offset = (a * g.step + i) * q + b * g.step;
+            for (int64_t j = 0; j < cols; ++j) acc += dk[i * u + j] * k[offset + j];
+            if (dK != nullptr) {
+              T* dst = dK + dc * q * q + offset;
+              for (int64_t j = 0; j < cols; ++j) dst[j] += alpha[t] * dk[i * u + j];
+            }
+          }
+          mine[t] += acc;
+        }
+      }
+    }
+  });
+  for (int64_t t = 0; t < T_; ++t) {
+    T sum = 0;
+    for (int64_t th = 0; th < threads; ++th) sum += partial[th * T_ + t];
+    dalpha[t] = sum;
+  }
+}
+
+// One tile: token rows [row0, row0 + rows) of image b.
+struct Tile {
+  int64_t b, row0, rows;
+};
+
+Tile tile_at(const SubkernelGeometry& g, int64_t rows_per_tile, int64_t index) {
+  const int64_t per_image = (g.grid_h + rows_per_tile - 1) / rows_per_tile;
+  const int64_t b = index / per_image, row0 = (index % per_image) * rows_per_tile;
+  return {b, row0, std::min(rows_per_tile, g.grid_h - row0)};
+}
+
+// Fine (u x u, stride u) patches of the tile as columns: cols[(c, i, j), fine pixel].
+template <typename T>
+void im2col_fine(const SubkernelGeometry& g, const T* x, const Tile& t, T* cols) {
+  const int64_t u = g.sub, fw = g.fine_w, fine_rows = t.rows * g.ratio, ncol = fine_rows * fw;
+  for (int64_t c = 0; c < g.channels; ++c) {
+    const T* xc = x + ((t.b * g.channels + c) * g.height) * g.width;
+    for (int64_t i = 0; i < u; ++i) {
+      for (int64_t j = 0; j < u; ++j) {
+        T* dst = cols + ((c * u + i) * u + j) * ncol;
+        for (int64_t fr = 0; fr < fine_rows; ++fr) {
+          const T* src = xc + ((t.row0 * g.ratio + fr) * u + i) * g.width + j;
+          for (int64_t fx = 0; fx < fw; ++fx) dst[fr * fw + fx] = src[fx * u];
+        }
+      }
+    }
+  }
+}
+
+// The adjoint of im2col_fine: dx[patch pixels] += cols.
+template <typename T>
+void col2im_fine(const SubkernelGeometry& g, const T* cols, const Tile& t, T* dx) {
+  const int64_t u = g.sub, fw = g.fine_w, fine_rows = t.rows * g.ratio, ncol = fine_rows * fw;
+  for (int64_t c = 0; c < g.channels; ++c) {
+    T* dxc = dx + ((t.b * g.channels + c) * g.height) * g.width;
+    for (int64_t i = 0; i < u; ++i) {
+      for (int64_t j = 0; j < u; ++j) {
+        const T* src = cols + ((c * u + i) * u + j) * ncol;
+        for (int64_t fr = 0; fr < fine_rows; ++fr) {
+          T* dst = dxc + ((t.row0 * g.ratio + fr) * u + i) * g.width + j;
+          for (int64_t fx = 0; fx < fw; ++fx) dst[fx * u] += src[fr * fw + fx];
+        }
+      }
+    }
+  }
+}
+
+// Whole (q x q, stride q) patches of the tile as columns: cols[(c, i, j), token].
+template <typename T>
+void im2col_patch(const SubkernelGeometry& g, const T* x, const Tile& t, T* cols) {
+  const int64_t q = g.patch, gw = g.grid_w, ncol = t.rows * gw;
+  for (int64_t c = 0; c < g.channels; ++c) {
+    const T* xc = x + ((t.b * g.channels + c) * g.height) * g.width;
+    for (int64_t i = 0; i < q; ++i) {
+      for (int64_t j = 0; j < q; ++j) {
+        T* dst = cols + ((c * q + i) * q + j) * ncol;
+        for (int64_t r = 0; r < t.rows; ++r) {
+          const T* src = xc + ((t.row0 + r) * q + i) * g.width + j;
+          for (int64_t J = 0; J < gw; ++J) dst[r * gw + J] = src[J * q];
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void col2im_patch(const SubkernelGeometry& g, const T* cols, const Tile& t, T* dx) {
+  const int64_t q = g.patch, gw = g.grid_w, ncol = t.rows * gw;
+  for (int64_t c = 0; c < g.channels; ++c) {
+    T* dxc = dx + ((t.b * g.channels + c) * g.height) * g.width;
+    for (int64_t i = 0; i < q; ++i) {
+      for (int64_t j = 0; j < q; ++j) {
+        const T* src = cols + ((c * q + i) * q + j) * ncol;
+        for (int64_t r = 0; r < t.rows; ++r) {
+          T* dst = dxc + ((t.row0 + r) * q + i) * g.width + j;
+          for (int64_t J = 0; J < gw; ++J) dst[J * q] += src[r * gw + J];
+        }
+      }
+    }
+  }
+}
+
+// A [rows, cols] matrix view of the front of a flat scratch buffer.
+at::Tensor scratch(const at::Tensor& buffer, int64_t rows, int64_t cols) {
+  return buffer.narrow(0, 0, rows * cols).view({rows, cols});
+}
+
+// The kernels one call multiplies with, in the accumulation dtype:
+//   fine  [D, C u u]: blend-free K_eff, used with max pooling (undefined otherwise);
+//   patch [D, C q q]: (1 - blend) K for max pooling with blend != 1, or for avg pooling the
+//                     whole op folded into one kernel; undefined when unused.
+struct Kernels {
+  at::Tensor alpha, weight, fine, patch;
+};
+
+Kernels make_kernels(const SubkernelGeometry& g, const at::Tensor& weight, const at::Tensor& logits,
+                     at::ScalarType acc) {
+  Kernels k;
+  k.weight = weight.to(acc).contiguous();
+  k.alpha = at::softmax(logits.to(acc), 0).contiguous();
+  const bool need_combined = g.blend != 0.0;
+  at::Tensor keff;
+  if (need_combined) {
+    keff = at::empty({g.dim, g.channels * g.sub * g.sub}, k.weight.options());
+    AT_DISPATCH_FLOATING_TYPES(acc, "subkernel_tokenize_cpu_combine", [&] {
+      combine_subkernels<scalar_t>(g, k.weight.data_ptr<scalar_t>(), k.alpha.data_ptr<scalar_t>(),
+                                   keff.data_ptr<scalar_t>());
+    });
+  }
+  const at::Tensor weight_flat = k.weight.view({g.dim, -1});
+  if (g.pool == Pool::Max) {
+    if (need_combined) k.fine = keff;
+    if (g.blend != 1.0) k.patch = weight_flat * (1.0 - g.blend);
+  } else {
+    // avg_pool(conv_u(x, K_eff)) = conv_q(x, K_eff tiled r x r / r^2).
+    at::Tensor folded = at::zeros_like(weight_flat);
+    if (need_combined) {
+      const int64_t r = g.ratio, u = g.sub;
+      folded = keff.view({g.dim, g.channels, 1, u, 1, u})
+                   .expand({g.dim, g.channels, r, u, r, u})
+                   .reshape({g.dim, g.channels * g.patch * g.patch}) *
+               (g.blend / static_cast<double>(r * r));
+    }
+    k.patch = g.blend != 1.0 ? folded + weight_flat * (1.0 - g.blend) : folded;
+  }
+  return k;
+}
+
+template <typename T>
+void forward_tiles(const SubkernelGeometry& g, const Kernels& k, const at::Tensor& x, const at::Tensor& bias,
+                   at::Tensor& out, at::Tensor& indices) {
+  const int64_t rows_per_tile = tile_rows(g);
+  const int64_t tiles = g.batch * ((g.grid_h + rows_per_tile - 1) / rows_per_tile);
+  const int64_t fine_k = g.channels * g.sub * g.sub, patch_k = g.channels * g.patch * g.patch;
+  const int64_t max_fine_cols = rows_per_tile * g.ratio * g.fine_w, max_tokens = rows_per_tile * g.grid_w;
+  const int64_t r = g.ratio, gw = g.grid_w, fw = g.fine_w, D = g.dim;
+  const T* xp = x.data_ptr<T>();
+  const T* bp = bias.defined() ? bias.data_ptr<T>() : nullptr;
+  T* op = out.data_ptr<T>();
+  uint8_t* ip = k.fine.defined() ? indices.data_ptr<uint8_t>() : nullptr;
+  const auto opts = x.options();
+
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor cols, fine, pcols, pout;
+    if (k.fine.defined()) {
+      cols = at::empty({fine_k * max_fine_cols}, opts);
+      fine = at::empty({D * max_fine_cols}, opts);
+    }
+    if (k.patch.defined()) {
+      pcols = at::empty({patch_k * max_tokens}, opts);
+      pout = at::empty({D * max_tokens}, opts);
+    }
+    for (int64_t index = begin; index < end; ++index) {
+      const Tile t = tile_at(g, rows_per_tile, index);
+      const int64_t fine_cols = t.rows * r * fw, tokens = t.rows * gw;
+      if (k.fine.defined()) {
+        im2col_fine<T>(g, xp, t, cols.data_ptr<T>());
+        at::Tensor fine_view = scratch(fine, D, fine_cols);
+        at::mm_out(fine_view, k.fine, scratch(cols, fine_k, fine_cols));
+      }
+      if (k.patch.defined()) {
+        im2col_patch<T>(g, xp, t, pcols.data_ptr<T>());
+        at::Tensor pout_view = scratch(pout, D, tokens);
+        at::mm_out(pout_view, k.patch, scratch(pcols, patch_k, tokens));
+      }
+      const T* fp = k.fine.defined() ? fine.data_ptr<T>() : nullptr;
+      const T* pp = k.patch.defined() ? pout.data_ptr<T>() : nullptr;
+      const T blend = static_cast<T>(g.blend);
+      for (int64_t d = 0; d < D; ++d) {
+        const int64_t out_base = ((t.b * D + d) * g.grid_h + t.row0) * gw;
+        for (int64_t I = 0; I < t.rows; ++I) {
+          for (int64_t J = 0; J < gw; ++J) {
+            T value = bp != nullptr ? bp[d] : T(0);
+            if (fp != nullptr) {
+              const T* window = fp + d * fine_cols + (I * r) * fw + J * r;
+              T best = window[0];
+              int64_t arg = 0;
+              for (int64_t di = 0; di < r; ++di) {
+                for (int64_t dj = 0; dj < r; ++dj) {
+                  const T candidate = window[di * fw + dj];
+                  if (candidate > best || candidate != candidate) {  // NaN wins, as in max_pool2d
+                    if (best != best) continue;
+                    best = candidate;
+                    arg = di * r + dj;
+                  }
+                }
+              }
+              value += blend * best;
+              ip[out_base + I * gw + J] = static_cast<uint8_t>(arg);
+            }
+            if (pp != nullptr) value += pp[d * tokens + I * gw + J];
+            op[out_base + I * gw + J] = value;
+          }
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> subkernel_tokenize_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                                          const at::Tensor& logits,
+                                                          const std::optional<at::Tensor>& bias, int64_t sub,
+                                                          int64_t step, c10::string_view pool, double blend) {
+  const SubkernelGeometry g = check_subkernel_tokenize(x, weight, logits, bias, sub, step, pool, blend);
+  TORCH_CHECK(x.device().is_cpu(), "subkernel_tokenize: the CPU kernel got x on ", x.device());
+  const bool max_pool = g.pool == Pool::Max;
+  at::Tensor out = at::empty({g.batch, g.dim, g.grid_h, g.grid_w}, x.options());
+  at::Tensor indices = at::zeros(max_pool ? at::IntArrayRef{g.batch, g.dim, g.grid_h, g.grid_w} : at::IntArrayRef{0},
+                                 x.options().dtype(at::kByte));
+  if (out.numel() == 0) return {out, indices};
+
+  const auto acc = accumulate_type(x);
+  const Kernels k = make_kernels(g, weight, logits, acc);
+  const at::Tensor xa = x.to(acc).contiguous();
+  const at::Tensor ba = bias.has_value() && bias->defined() ? bias->to(acc).contiguous() : at::Tensor();
+  at::Tensor out_acc = x.scalar_type() == acc ? out : at::empty(out.sizes(), out.options().dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES(acc, "subkernel_tokenize_cpu", [&] {
+    forward_tiles<scalar_t>(g, k, xa, ba, out_acc, indices);
+  });
+  if (!out_acc.is_same(out)) out.copy_(out_acc);
+  return {out, indices};
+}
+
+// Accumulates, over all tiles, what the weight and logit gradients need:
+//   fine_grad  [D, C u u] = sum dfine cols_fine^T   (max pooling)
+//   patch_grad [D, C q q] = sum g cols_patch^T       (the patch kernel's own gradient)
+// and writes dx. Each thread sums into its own slice; the slices are added at the end.
+template <typename T>
+void backward_tiles(const SubkernelGeometry& g, const Kernels& k, const at::Tensor& x, const at::Tensor& grad,
+                    const at::Tensor& indices, bool want_kernel_grads, at::Tensor& dx, at::Tensor& fine_grad,
+                    at::Tensor& patch_grad) {
+  const int64_t rows_per_tile = tile_rows(g);
+  const int64_t tiles = g.batch * ((g.grid_h + rows_per_tile - 1) / rows_per_tile);
+  const int64_t fine_k = g.channels * g.sub * g.sub, patch_k = g.channels * g.patch * g.patch;
+  const int64_t max_fine_cols = rows_per_tile * g.ratio * g.fine_w, max_tokens = rows_per_tile * g.grid_w;
+  const int64_t r = g.ratio, gw = g.grid_w, fw = g.fine_w, D = g.dim;
+  const T* xp = x.data_ptr<T>();
+  const T* gp = grad.data_ptr<T>();
+  T* dxp = dx.defined() ? dx.data_ptr<T>() : nullptr;
+  const uint8_t* ip = k.fine.defined() ? indices.data_ptr<uint8_t>() : nullptr;
+  const auto opts = x.options();
+  const T blend = static_cast<T>(g.blend);
+
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    const int64_t thread = at::get_thread_num();
+    at::Tensor cols, dfine, pcols, gtile;
+    if (k.fine.defined()) {
+      cols = at::empty({fine_k * max_fine_cols}, opts);
+      dfine = at::empty({D * max_fine_cols}, opts);
+    }
+    if (k.patch.defined()) {
+      pcols = at::empty({patch_k * max_tokens}, opts);
+      gtile = at::empty({D * max_tokens}, opts);
+    }
+    for (int64_t index = begin; index < end; ++index) {
+      const Tile t = tile_at(g, rows_per_tile, index);
+      const int64_t fine_cols = t.rows * r * fw, tokens = t.rows * gw;
+      if (k.fine.defined()) {
+        // Route blend * g to the argmax of each pooling window.
+        at::Tensor dfine_view = scratch(dfine, D, fine_cols);
+        dfine_view.zero_();
+        T* df = dfine.data_ptr<T>();
+        for (int64_t d = 0; d < D; ++d) {
+          const int64_t base = ((t.b * D + d) * g.grid_h + t.row0) * gw;
+          for (int64_t I = 0; I < t.rows; ++I) {
+            for (int64_t J = 0; J < gw; ++J) {
+              const int64_t arg = ip[base + I * gw + J];
+              df[d * fine_cols + (I * r + arg / r) * fw + J * r + arg % r] = blend * gp[base + I * gw + J];
+            }
+          }
+        }
+        if (want_kernel_grads) {
+          im2col_fine<T>(g, xp, t, cols.data_ptr<T>());
+          fine_grad[thread].addmm_(dfine_view, scratch(cols, fine_k, fine_cols).t());
+        }
+        if (dxp != nullptr) {
+          at::Tensor dcols = scratch(cols, fine_k, fine_cols);
+          at::mm_out(dcols, k.fine.t(), dfine_view);
+          col2im_fine<T>(g, cols.data_ptr<T>(), t, dxp);
+        }
+      }
+      if (k.patch.defined()) {
+        at::Tensor g_view = scratch(gtile, D, tokens);
+        T* gt = gtile.data_ptr<T>();
+        for (int64_t d = 0; d < D; ++d) {
+          const T* src = gp + ((t.b * D + d) * g.grid_h + t.row0) * gw;
+          std::copy(src, src + tokens, gt + d * tokens);
+        }
+        if (want_kernel_grads) {
+          im2col_patch<T>(g, xp, t, pcols.data_ptr<T>());
+          patch_grad[thread].addmm_(g_view, scratch(pcols, patch_k, tokens).t());
+        }
+        if (dxp != nullptr) {
+          at::Tensor dcols = scratch(pcols, patch_k, tokens);
+          at::mm_out(dcols, k.patch.t(), g_view);
+          col2im_patch<T>(g, pcols.data_ptr<T>(), t, dxp);
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& logits,
+    const at::Tensor& indices, int64_t sub, int64_t step, c10::string_view pool, double blend,
+    std::array<bool, 4> output_mask) {
+  const SubkernelGeometry g = check_subkernel_tokenize(x, weight, logits, std::nullopt, sub, step, pool, blend);
+  TORCH_CHECK(x.device().is_cpu(), "subkernel_tokenize backward: the CPU kernel got x on ", x.device());
+  TORCH_CHECK_VALUE(grad.dim() == 4 && grad.size(0) == g.batch && grad.size(1) == g.dim && grad.size(2) == g.grid_h &&
+                        grad.size(3) == g.grid_w,
+                    "subkernel_tokenize backward: grad must be [", g.batch, ", ", g.dim, ", ", g.grid_h, ", ",
+                    g.grid_w, "], got ", grad.sizes());
+  if (g.pool == Pool::Max) {
+    TORCH_CHECK_VALUE(indices.sizes() == grad.sizes() && indices.scalar_type() == at::kByte,
+                      "subkernel_tokenize backward: indices must be uint8 of shape ", grad.sizes(), ", got ",
+                      indices.scalar_type(), " ", indices.sizes());
+  }
+  const bool want_x = output_mask[0], want_weight = output_mask[1], want_logits = output_mask[2];
+  at::Tensor grad_x = not_requested(x), grad_weight = not_requested(weight), grad_logits = not_requested(logits);
+  at::Tensor grad_bias = output_mask[3] ? grad.sum({0, 2, 3}) : not_requested(weight);
+  if (x.numel() == 0 || weight.numel() == 0 || (!want_x && !want_weight && !want_logits)) {
+    if (want_x) grad_x = at::zeros_like(x);
+    if (want_weight) grad_weight = at::zeros_like(weight);
+    if (want_logits) grad_logits = at::zeros_like(logits);
+    return {grad_x, grad_weight, grad_logits, grad_bias};
+  }
+
+  const auto acc = accumulate_type(x);
+  const Kernels k = make_kernels(g, weight, logits, acc);
+  const at::Tensor xa = x.to(acc).contiguous();
+  const at::Tensor ga = grad.to(acc).contiguous();
+  const at::Tensor ia = indices.contiguous();
+  const bool want_kernel_grads = want_weight || want_logits;
+  const int64_t threads = at::get_num_threads();
+  at::Tensor dx = want_x ? at::zeros(xa.sizes(), xa.options()) : at::Tensor();
+  at::Tensor fine_grad, patch_grad;
+  if (want_kernel_grads && k.fine.defined()) fine_grad = at::zeros({threads, g.dim, k.fine.size(1)}, xa.options());
+  if (want_kernel_grads && k.patch.defined()) patch_grad = at::zeros({threads, g.dim, k.patch.size(1)}, xa.options());
+  AT_DISPATCH_FLOATING_TYPES(acc, "subkernel_tokenize_cpu_backward", [&] {
+    backward_tiles<scalar_t>(g, k, xa, ga, ia, want_kernel_grads, dx, fine_grad, patch_grad);
+  });
+  if (want_x) grad_x = dx.to(x.scalar_type());
+  if (!want_kernel_grads) return {grad_x, grad_weight, grad_logits, grad_bias};
+
+  // dL/dK_eff, and the part of dL/dK that bypasses the sub-kernels.
+  const int64_t r = g.ratio, u = g.sub, C = g.channels, D = g.dim;
+  at::Tensor keff_grad;
+  at::Tensor weight_grad = at::zeros_like(k.weight);
+  if (g.pool == Pool::Max) {
+    if (fine_grad.defined()) keff_grad = fine_grad.sum(0);
+    if (patch_grad.defined()) weight_grad.view({D, -1}).add_(patch_grad.sum(0), 1.0 - g.blend);
+  } else {
+    const at::Tensor folded_grad = patch_grad.sum(0);  // dL/d(folded q x q kernel)
+    if (g.blend != 0.0) {
+      keff_grad = folded_grad.view({D, C, r, u, r, u}).sum({2, 4}).reshape({D, C * u * u}) *
+                  (g.blend / static_cast<double>(r * r));
+    }
+    if (g.blend != 1.0) weight_grad.view({D, -1}).add_(folded_grad, 1.0 - g.blend);
+  }
+  at::Tensor dalpha = at::zeros_like(k.alpha);
+  if (keff_grad.defined()) {
+    const at::Tensor keff_grad_c = keff_grad.contiguous();
+    AT_DISPATCH_FLOATING_TYPES(acc, "subkernel_tokenize_cpu_combine_backward", [&] {
+      combine_subkernels_backward<scalar_t>(g, k.weight.data_ptr<scalar_t>(), k.alpha.data_ptr<scalar_t>(),
+                                            keff_grad_c.data_ptr<scalar_t>(), dalpha.data_ptr<scalar_t>(),
+                                            want_weight ? weight_grad.data_ptr<scalar_t>() : nullptr);
+    });
+  }
+  if (want_weight) grad_weight = weight_grad.to(weight.scalar_type());
+  if (want_logits) {
+    // Softmax Jacobian: dw = alpha * (dalpha - <alpha, dalpha>).
+    grad_logits = (k.alpha * (dalpha - (k.alpha * dalpha).sum())).to(logits.scalar_type());
+  }
+  return {grad_x, grad_weight, grad_logits, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lowres, CPU, m) {
+  m.impl("subkernel_tokenize_with_indices", &subkernel_tokenize_cpu);
+  m.impl("_subkernel_tokenize_backward", &subkernel_tokenize_backward_cpu);
+}
+
+}  // namespace lowres

@@ -1,0 +1,88 @@
+"""subkernel_tokenize: the functional entry point, its backend dispatch, and the autograd and
+fake (meta) registrations of the compiled op `lowres::subkernel_tokenize_with_indices`."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import reference
+from .._backend import resolve_backend
+from .._validation import check_subkernel_tokenize
+
+
+def subkernel_tokenize(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    logits: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    sub: int = 7,
+    step: int = 2,
+    pool: str = "max",
+    blend: float = 1.0,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Sub-kernel tokenization of paper 000 Sec. 3.2 (SPEC §1).
+
+    x [B, C, H, W], weight [D, C, q, q] (the frozen patch kernel), logits [T] with T = n*n
+    -> tokens [B, D, H/q, W/q]. The T sub-kernels of size `sub` at offsets `step` apart are
+    softmax(logits)-mixed into one kernel (the ops are linear), applied with stride `sub`,
+    pooled ("max" as in the paper, "avg" as in the release) to the q-grid, and blended with
+    the plain patch embedding: blend * pooled + (1 - blend) * conv(x, weight, stride=q) + bias.
+    """
+    check_subkernel_tokenize(x, weight, logits, bias, sub, step, pool, blend)
+    name = resolve_backend("subkernel_tokenize", backend, x.device)
+    if name == "reference":
+        return reference.subkernel_tokenize(x, weight, logits, bias, sub=sub, step=step, pool=pool, blend=blend)
+    if name == "triton":
+        from ..triton.subkernel_tokenize import subkernel_tokenize as triton_subkernel_tokenize
+
+        return triton_subkernel_tokenize(x, weight, logits, bias, sub=sub, step=step, pool=pool, blend=blend)
+    tokens, _ = torch.ops.lowres.subkernel_tokenize_with_indices(x, weight, logits, bias, sub, step, pool, float(blend))
+    return tokens
+
+
+@torch.library.register_fake("lowres::subkernel_tokenize_with_indices")
+def _subkernel_tokenize_fake(x, weight, logits, bias, sub, step, pool, blend):
+    geom = check_subkernel_tokenize(x, weight, logits, bias, sub, step, pool, blend)
+    shape = (x.shape[0], weight.shape[0], geom.grid_h, geom.grid_w)
+    tokens = x.new_empty(shape)
+    indices = x.new_empty(shape if pool == "max" else (0,), dtype=torch.uint8)
+    return tokens, indices
+
+
+@torch.library.register_fake("lowres::_subkernel_tokenize_backward")
+def _subkernel_tokenize_backward_fake(grad, x, weight, logits, indices, sub, step, pool, blend, output_mask):
+    like = (x, weight, logits, weight.new_empty(weight.shape[0]))
+    return tuple(t.new_empty(t.shape) if wanted else t.new_empty(0) for t, wanted in zip(like, output_mask))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, logits, bias, sub, step, pool, blend = inputs
+    _, indices = output
+    ctx.mark_non_differentiable(indices)
+    ctx.save_for_backward(x, weight, logits, indices)
+    ctx.options = (sub, step, pool, blend)
+
+
+def _backward(ctx, grad_tokens, _grad_indices):
+    x, weight, logits, indices = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad[:4])
+    grads = torch.ops.lowres._subkernel_tokenize_backward(
+        grad_tokens, x, weight, logits, indices, *ctx.options, mask
+    )
+    return tuple(g if wanted else None for g, wanted in zip(grads, mask)) + (None,) * 4
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("subkernel_tokenize: double backward (create_graph=True) is not supported")
+
+
+torch.library.register_autograd(
+    "lowres::subkernel_tokenize_with_indices", _backward, setup_context=_setup_context
+)
+torch.library.register_autograd(
+    "lowres::_subkernel_tokenize_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
+)
