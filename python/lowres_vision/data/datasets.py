@@ -1,0 +1,98 @@
+"""torch Datasets over loaded splits, and per-sample seeding that makes data order-independent."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .io import load_image
+from .splits import ClassificationSplit, RetrievalSplit
+
+Transform = Callable[[object], torch.Tensor]
+
+
+class ClassificationDataset(Dataset):
+    """(image, label) pairs; `paths`, `labels` and `class_names` are those of the split."""
+
+    def __init__(self, split: ClassificationSplit, transform: Transform) -> None:
+        self.split, self.transform = split, transform
+        self.paths, self.labels, self.class_names = split.paths, split.labels, split.class_names
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(load_image(self.paths[index])), self.labels[index]
+
+
+class PairDataset(Dataset):
+    """(query image, matching gallery image) pairs of a retrieval split, for contrastive training."""
+
+    def __init__(self, split: RetrievalSplit, transform: Transform) -> None:
+        self.split, self.transform = split, transform
+        self.pairs = split.pairs()
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        query, gallery = self.pairs[index]
+        return self.transform(load_image(query)), self.transform(load_image(gallery))
+
+
+class ImageListDataset(Dataset):
+    """Images of a list of paths (a retrieval split's queries or gallery, for embedding)."""
+
+    def __init__(self, paths: Sequence[Path], transform: Transform) -> None:
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(load_image(self.paths[index]))
+
+
+@contextlib.contextmanager
+def seeded_rngs(*key: int) -> Iterator[None]:
+    """Seeds the torch (CPU), Python and NumPy generators from `key` and restores them afterwards."""
+    seed = int(np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0])
+    torch_state, python_state, numpy_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+class EpochSeededDataset(Dataset):
+    """Makes the random augmentation of sample i in epoch e a function of (seed, e, i) alone.
+
+    The same sample then gets the same pixels whichever process, worker or position in the
+    batch order loads it: a resumed run, a run with more workers and a DDP run all see
+    exactly the data of an uninterrupted single-process run. Call `set_epoch` before each epoch
+    (before the DataLoader iterator is created, so that workers receive it).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with seeded_rngs(self.seed, self.epoch, index):
+            return self.dataset[index]
