@@ -1,0 +1,35 @@
+"""CoRE (paper 001) and plain zero-shot classification: a caption index searched with faiss,
+image->text and text->text retrieval, and the enrichment of image and class embeddings."""
+
+from .encoders import (
+    DEFAULT_VLM, HFTextEncoder, OpenCLIPTextEncoder, TextEncoder, default_text_encoder, encode_images, encode_queries, load_vlm,
+    tiny_clip,
+)
+from .enrich import (
+    FORMULAS, CoRE, CoREConfig, EnrichedClasses, EnrichedQueries, TuningResult, enrich_class_weights, enrich_queries,
+    enriched_logits, tune_alpha_beta, weighted_caption_embedding, zero_shot_weights,
+)
+from .index import (
+    DUPLICATE_COSINE, INDEX_KINDS, SPACES, TEXT_SPACE, VLM_SPACE, CaptionIndex, Retrieved, build_caption_index,
+    build_faiss_index, read_captions,
+)
+from .prompts import CORE_TEMPLATES, LITE_TEMPLATES, default_templates, fill_templates
+
+DEFAULT_CAPTIONS = "lite_captions.txt"
+
+
+def default_captions_path():
+    """The small caption corpus shipped with the package (circuits, maps, mechanical parts)."""
+    from importlib.resources import files
+
+    return files("lowres_vision").joinpath("data", "captions", DEFAULT_CAPTIONS)
+
+
+__all__ = [
+    "CORE_TEMPLATES", "CaptionIndex", "CoRE", "CoREConfig", "DEFAULT_CAPTIONS", "DEFAULT_VLM", "DUPLICATE_COSINE",
+    "EnrichedClasses", "EnrichedQueries", "FORMULAS", "HFTextEncoder", "INDEX_KINDS", "LITE_TEMPLATES", "OpenCLIPTextEncoder",
+    "Retrieved", "SPACES", "TEXT_SPACE", "TextEncoder", "TuningResult", "VLM_SPACE", "build_caption_index", "build_faiss_index",
+    "default_captions_path", "default_templates", "default_text_encoder", "encode_images", "encode_queries",
+    "enrich_class_weights", "enrich_queries", "enriched_logits", "fill_templates", "load_vlm", "read_captions", "tiny_clip",
+    "tune_alpha_beta", "weighted_caption_embedding", "zero_shot_weights",
+]

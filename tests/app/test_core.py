@@ -1,0 +1,224 @@
+"""CoRE: caption index (build, resume, faiss kinds), retrieval, enrichment formulas, tuning, zeroshot command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lowres_vision.core import (
+    TEXT_SPACE, VLM_SPACE, CaptionIndex, EnrichedClasses, EnrichedQueries, Retrieved, build_caption_index, enrich_class_weights,
+    enrich_queries, read_captions, tune_alpha_beta, weighted_caption_embedding,
+)
+
+
+class LookupEncoder:
+    """Deterministic stand-in for a text encoder: caption i -> row i of a fixed unit-norm table."""
+
+    def __init__(self, captions, dim, *, seed, name=None):
+        generator = torch.Generator().manual_seed(seed)
+        table = F.normalize(torch.randn(len(captions), dim, generator=generator), dim=-1)
+        self.rows = {caption: row for caption, row in zip(captions, table)}
+        self.name = name or f"lookup:{dim}:{seed}"
+        self.calls = 0
+
+    def encode(self, texts):
+        self.calls += 1
+        return torch.stack([self.rows[text] for text in texts])
+
+
+class FailingEncoder(LookupEncoder):
+    """Raises on call `fail_at`, as if the build were killed there."""
+
+    def __init__(self, *args, fail_at, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fail_at = fail_at
+
+    def encode(self, texts):
+        if self.calls + 1 == self.fail_at:
+            raise KeyboardInterrupt("simulated kill")
+        return super().encode(texts)
+
+
+def make_captions(count):
+    return [f"caption number {i}" for i in range(count)]
+
+
+def build(tmp_path, captions, *, vlm_dim=8, text_dim=6, **kwargs):
+    vlm = LookupEncoder(captions, vlm_dim, seed=0)
+    text = LookupEncoder(captions, text_dim, seed=1)
+    return build_caption_index(captions, tmp_path / "index", vlm_encoder=vlm, text_encoder=text, **kwargs), vlm, text
+
+
+def test_search_matches_brute_force(tmp_path):
+    captions = make_captions(50)
+    index, vlm, _ = build(tmp_path, captions, batch_size=16)
+    corpus = torch.stack([vlm.rows[c] for c in captions]).numpy()
+    queries = F.normalize(torch.randn(7, 8, generator=torch.Generator().manual_seed(2)), dim=-1).numpy()
+    scores, ids = index.search(VLM_SPACE, queries, k=10)
+    expected = queries @ corpus.T
+    expected_ids = np.argsort(-expected, axis=1)[:, :10]
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_allclose(scores, np.take_along_axis(expected, expected_ids, axis=1), rtol=1e-5, atol=1e-6)
+    assert index.meta["index_kind"] == "flat"
+
+
+def test_retrieve_drops_near_duplicates_greedily_in_rank_order(tmp_path):
+    # Four captions along the x axis of the "vlm" space: 0 and 1 are near-duplicates (cos 0.99),
+    # 2 is close to 1 (cos ~0.96) but not to 0 (cos ~0.92), 3 is distinct.
+    captions = ["a", "b", "c", "d"]
+    angles = [0.0, math.acos(0.99), math.acos(0.99) + math.acos(0.96), 1.5]
+    vlm = LookupEncoder(captions, 2, seed=0)
+    vlm.rows = {c: torch.tensor([math.cos(t), math.sin(t)]) for c, t in zip(captions, angles)}
+    text = LookupEncoder(captions, 3, seed=1)
+    index = build_caption_index(captions, tmp_path / "index", vlm_encoder=vlm, text_encoder=text)
+    query = torch.tensor([[1.0, 0.0]])
+    retrieved = index.retrieve(VLM_SPACE, query, k=4, duplicate_threshold=0.94)
+    # Rank order a, b, c, d: b duplicates a; c only duplicates the dropped b, so it stays.
+    np.testing.assert_array_equal(retrieved.ids, [[0, -1, 2, 3]])
+    np.testing.assert_array_equal(retrieved.mask, [[True, False, True, True]])
+    assert retrieved.scores[0, 1] == -np.inf
+    np.testing.assert_allclose(retrieved.scores[0, [0, 2, 3]], np.cos([angles[0], angles[2], angles[3]]), atol=1e-6)
+    kept = index.retrieve(VLM_SPACE, query, k=4, duplicate_threshold=None)
+    assert kept.mask.all()
+    assert retrieved.caption_lists(index.captions)[0][1][0] == "c"
+
+
+def test_weighted_caption_embedding_hand_computed():
+    caption_embeddings = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32)
+    retrieved = Retrieved(
+        ids=np.array([[2, 0, -1], [-1, -1, -1]]),
+        scores=np.array([[0.5, 0.3, -np.inf], [-np.inf] * 3], dtype=np.float32),
+        mask=np.array([[True, True, False], [False] * 3]),
+    )
+    # τ = 1: weights softmax(0.5, 0.3) = (e^0.2, 1) / (e^0.2 + 1).
+    w = math.exp(0.2) / (math.exp(0.2) + 1)
+    result = weighted_caption_embedding(retrieved, caption_embeddings, temperature=1.0)
+    torch.testing.assert_close(result, torch.tensor([[0.6 * w + (1 - w), 0.8 * w], [0.0, 0.0]]))
+    # τ = 100 flattens the weights towards the plain mean.
+    flat = weighted_caption_embedding(retrieved, caption_embeddings, temperature=100.0)
+    w = math.exp(0.002) / (math.exp(0.002) + 1)
+    torch.testing.assert_close(flat[0], torch.tensor([0.6 * w + (1 - w), 0.8 * w]))
+    with pytest.raises(ValueError, match="temperature"):
+        weighted_caption_embedding(retrieved, caption_embeddings, temperature=0.0)
+
+
+def test_enrichment_formulas_hand_computed():
+    weights = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    retrieved = torch.tensor([[0.0, 2.0], [2.0, 0.0]])
+    # Paper Eq. 5: 0.25·W_T + 0.75·W.
+    torch.testing.assert_close(enrich_class_weights(weights, retrieved, 0.25, "paper"), torch.tensor([[0.75, 0.5], [0.5, 0.75]]))
+    # Release: norm(0.25·norm(W_T) + 0.75·W) = norm(0.75, 0.25).
+    unit = 1 / math.sqrt(0.75**2 + 0.25**2)
+    torch.testing.assert_close(
+        enrich_class_weights(weights, retrieved, 0.25, "release"), torch.tensor([[0.75 * unit, 0.25 * unit], [0.25 * unit, 0.75 * unit]])
+    )
+    queries = torch.tensor([[0.6, 0.8]])
+    captions = torch.tensor([[0.5, 0.0]])
+    # Paper Eq. 7: 0.5·z_T + 0.5·z; release: the same, normalised (z_T itself is not).
+    torch.testing.assert_close(enrich_queries(queries, captions, 0.5, "paper"), torch.tensor([[0.55, 0.4]]))
+    torch.testing.assert_close(enrich_queries(queries, captions, 0.5, "release"), torch.tensor([[0.55, 0.4]]) / math.hypot(0.55, 0.4))
+    with pytest.raises(ValueError, match=r"beta mixing needs equal shapes, got \(1, 2\) and \(1, 3\)"):
+        enrich_queries(queries, torch.zeros(1, 3), 0.5)
+    with pytest.raises(ValueError, match="alpha must lie in"):
+        enrich_class_weights(weights, retrieved, 1.5)
+    with pytest.raises(ValueError, match="formula"):
+        enrich_class_weights(weights, retrieved, 0.5, "other")
+
+
+def test_tune_alpha_beta_picks_smallest_sufficient_beta():
+    # z = (0.8, 0.6) of class 1 is misclassified alone; z⁺ = β(0, 1) + (1−β)z is right iff β > 1/6.
+    eye = torch.eye(2)
+    classes = EnrichedClasses(eye, eye.clone(), retrieved=None)
+    queries = EnrichedQueries(torch.tensor([[0.8, 0.6], [1.0, 0.0]]), torch.tensor([[0.0, 1.0], [1.0, 0.0]]), retrieved=None)
+    result = tune_alpha_beta(classes, queries, [1, 0], formula="paper")
+    assert (result.alpha, result.beta, result.top1) == (0.1, 0.2, 100.0)
+    np.testing.assert_allclose(result.accuracy[:, 0], 50.0)
+    np.testing.assert_allclose(result.accuracy[:, 1:], 100.0)
+    with pytest.raises(ValueError, match="labels of shape"):
+        tune_alpha_beta(classes, queries, [1, 0, 1])
+
+
+def test_build_resumes_after_interruption(tmp_path):
+    captions = make_captions(40)
+    reference, _, _ = build(tmp_path / "reference", captions, batch_size=8)
+
+    vlm = FailingEncoder(captions, 8, seed=0, fail_at=4)  # batches 1-3 complete, the 4th is killed
+    text = LookupEncoder(captions, 6, seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        build_caption_index(captions, tmp_path / "index", vlm_encoder=vlm, text_encoder=text, batch_size=8)
+    assert json.loads((tmp_path / "index" / "progress.json").read_text()) == {"rows_done": 24}
+    with pytest.raises(RuntimeError, match="unfinished"):
+        CaptionIndex.load(tmp_path / "index")
+
+    vlm_resumed, text_resumed = LookupEncoder(captions, 8, seed=0), LookupEncoder(captions, 6, seed=1)
+    index = build_caption_index(captions, tmp_path / "index", vlm_encoder=vlm_resumed, text_encoder=text_resumed, batch_size=8)
+    assert vlm_resumed.calls == text_resumed.calls == 2  # only batches 4 and 5
+    for space in (VLM_SPACE, TEXT_SPACE):
+        assert isinstance(index.embeddings(space), np.memmap)
+        np.testing.assert_array_equal(index.embeddings(space), reference.embeddings(space))
+    assert index.captions == captions
+
+    # A finished index is loaded, not rebuilt; another corpus in the same directory is refused.
+    again = LookupEncoder(captions, 8, seed=0)
+    build_caption_index(captions, tmp_path / "index", vlm_encoder=again, text_encoder=text_resumed, batch_size=8)
+    assert again.calls == 0
+    with pytest.raises(ValueError, match="another fingerprint"):
+        build_caption_index(captions[:-1], tmp_path / "index", vlm_encoder=again, text_encoder=text_resumed, batch_size=8)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_index_recall_against_flat(tmp_path, kind):
+    # 4000 captions in 32 clusters (embeddings of real captions are clustered, not isotropic),
+    # queries near the data. Bound: recall@10 of the approximate index vs exact search >= 0.9.
+    captions = make_captions(4000)
+    generator = torch.Generator().manual_seed(3)
+    centres = torch.randn(32, 32, generator=generator)
+    table = F.normalize(centres[torch.arange(4000) % 32] + 0.5 * torch.randn(4000, 32, generator=generator), dim=-1)
+    vlm = LookupEncoder(captions, 32, seed=0)
+    vlm.rows = dict(zip(captions, table))
+    text = LookupEncoder(captions, 4, seed=1)
+    index = build_caption_index(captions, tmp_path / kind, vlm_encoder=vlm, text_encoder=text, batch_size=1000, index_kind=kind)
+    assert index.meta["index_kind"] == kind
+    queries = F.normalize(table[:200] + 0.3 * torch.randn(200, 32, generator=generator), dim=-1).numpy()
+    _, ids = index.search(VLM_SPACE, queries, k=10)
+    exact = np.argsort(-(queries @ table.numpy().T), axis=1)[:, :10]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)])
+    assert recall >= 0.9, f"{kind} recall@10 {recall:.3f}"
+
+
+def test_clear_errors_for_empty_corpus_and_mismatched_widths(tmp_path):
+    with pytest.raises(ValueError, match="caption corpus is empty"):
+        build_caption_index([], tmp_path / "empty", vlm_encoder=None, text_encoder=None)
+    (tmp_path / "blank.txt").write_text("\n   \n")
+    assert read_captions(tmp_path / "blank.txt") == []
+
+    captions = make_captions(12)
+    index, _, _ = build(tmp_path, captions, batch_size=4)
+    with pytest.raises(ValueError, match=r"queries of shape \(3, 5\).*'vlm' space.*8-d embeddings"):
+        index.search(VLM_SPACE, torch.zeros(3, 5), k=2)
+
+    # Resuming with an encoder of another width (same name) is refused, naming both widths.
+    vlm = FailingEncoder(captions, 8, seed=0, fail_at=2, name="shared")
+    text = LookupEncoder(captions, 6, seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        build_caption_index(captions, tmp_path / "resume", vlm_encoder=vlm, text_encoder=text, batch_size=4)
+    wider = LookupEncoder(captions, 16, seed=0, name="shared")
+    with pytest.raises(ValueError, match=r"16-d embeddings but the 'vlm' space .* holds 8-d"):
+        build_caption_index(captions, tmp_path / "resume", vlm_encoder=wider, text_encoder=text, batch_size=4)
+
+
+def test_read_captions_from_csv_and_parquet(tmp_path):
+    (tmp_path / "corpus.csv").write_text('url,caption\nx,"a gear,\nwith teeth"\ny,\nz,a map\n')
+    assert read_captions(tmp_path / "corpus.csv", column="caption") == ["a gear, with teeth", "a map"]
+    with pytest.raises(ValueError, match="no column 'text'"):
+        read_captions(tmp_path / "corpus.csv", column="text")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["one", None, " two  words "]}), tmp_path / "corpus.parquet")
+    assert read_captions(tmp_path / "corpus.parquet", column="text") == ["one", "two words"]
