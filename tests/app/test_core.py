@@ -44,6 +44,15 @@ class FailingEncoder(LookupEncoder):
         return super().encode(texts)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    # The CI machine is small and shared: two intra-op threads make these tiny models ~20x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_captions(count):
     return [f"caption number {i}" for i in range(count)]
 
@@ -222,3 +231,101 @@ def test_read_captions_from_csv_and_parquet(tmp_path):
 
     pq.write_table(pa.table({"text": ["one", None, " two  words "]}), tmp_path / "corpus.parquet")
     assert read_captions(tmp_path / "corpus.parquet", column="text") == ["one", "two words"]
+
+
+def test_minilm_text_encoder_is_384d_unit_norm_and_semantic():
+    from lowres_vision.core import default_text_encoder, encode_queries
+
+    encoder = default_text_encoder()
+    embeddings = encoder.encode(["a circuit diagram of an audio amplifier", "schematic of a simple amplifier circuit", "a historic map of a harbour"])
+    assert embeddings.shape == (3, 384) and embeddings.dtype == torch.float32
+    torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(3))
+    similarity = embeddings @ embeddings.T
+    assert similarity[0, 1] > similarity[0, 2] + 0.2
+    torch.testing.assert_close(encode_queries(encoder, ["a historic map of a harbour"])[0], embeddings[2])
+
+
+def write_tiny_circuits(root, class_names=("amplifier", "LED driver", "power supply"), per_class=2):
+    from PIL import Image
+
+    directory = root / "circuits"
+    (directory / "data").mkdir(parents=True)
+    (directory / "label_map.csv").write_text("id,name\n" + "".join(f"{i},{name}\n" for i, name in enumerate(class_names)))
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        rows = []
+        for label in range(len(class_names)):
+            for shot in range(per_class):
+                filename = f"{split}_{label}_{shot}.png"
+                Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(directory / "data" / filename)
+                rows.append(f"{len(rows)},{filename},{label}\n")
+        (directory / f"{split}_5_shots.csv").write_text("".join(rows))
+
+
+def run_zeroshot(*argv):
+    import argparse
+
+    from lowres_vision.commands import zeroshot
+
+    parser = argparse.ArgumentParser()
+    zeroshot.register(parser.add_subparsers())
+    args = parser.parse_args(["zeroshot", *argv])
+    assert args.func(args) == 0
+    return args
+
+
+def test_zeroshot_command_end_to_end(tmp_path):
+    write_tiny_circuits(tmp_path / "lite")
+    common = ["--task", "circuits", "--data-root", str(tmp_path / "lite"), "--tiny", "--batch-size", "4"]
+    run_zeroshot(*common, "--method", "plain", "--out", str(tmp_path / "plain"))
+    run_zeroshot(*common, "--method", "core", "--tune", "--out", str(tmp_path / "core"))
+    # α = β = 0 turns CoRE (release formulas) back into plain zero-shot: the same logits.
+    run_zeroshot(*common, "--method", "core", "--alpha", "0", "--beta", "0", "--out", str(tmp_path / "core0"),
+                 "--index-dir", str(tmp_path / "core" / "caption_index"))
+
+    plain = np.load(tmp_path / "plain" / "predictions.npz")
+    np.testing.assert_allclose(np.load(tmp_path / "core0" / "predictions.npz")["logits"], plain["logits"], atol=1e-5)
+    np.testing.assert_array_equal(plain["labels"], [0, 0, 1, 1, 2, 2])
+    assert list(plain["class_names"]) == ["amplifier", "LED driver", "power supply"]
+
+    metrics = json.loads((tmp_path / "core" / "metrics.json").read_text())
+    logits = np.load(tmp_path / "core" / "predictions.npz")["logits"]
+    assert logits.shape == (6, 3)
+    assert metrics["top1"] == pytest.approx(100 * np.mean(logits.argmax(1) == plain["labels"]))
+    assert metrics["top5"] == 100.0  # three classes
+    assert metrics["alpha"] in [round(0.1 * i, 1) for i in range(1, 11)] and "tuning" in metrics
+    assert len(metrics["class_captions"]["amplifier"]) >= 1
+    index = CaptionIndex.load(tmp_path / "core" / "caption_index")
+    assert index.dim(TEXT_SPACE) == 384 and index.dim(VLM_SPACE) == 64 and len(index) == metrics["captions"]
+    for figure in ("retrieval_examples.png", "tuning.png"):
+        assert (tmp_path / "core" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_zeroshot_command_retrieval_task(tmp_path):
+    from PIL import Image
+
+    directory = tmp_path / "lite" / "historic-maps"
+    (directory / "Satellite").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name in [f"sat{i}.png" for i in range(3)] + [f"map{i}.png" for i in range(4)]:
+        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(directory / "Satellite" / name)
+    # Two old maps share sat0: four queries, a gallery of three unique satellite images.
+    pairs = "today_satellite_img,old_map_img\nsat0.png,map0.png\nsat1.png,map1.png\nsat0.png,map2.png\nsat2.png,map3.png\n"
+    for split in ("train", "test"):
+        (directory / f"{split}.csv").write_text(pairs)
+    out = tmp_path / "run"
+    run_zeroshot("--task", "historic-maps", "--data-root", str(tmp_path / "lite"), "--tiny", "--method", "core", "--tune", "--out", str(out))
+
+    predictions = np.load(out / "predictions.npz")
+    np.testing.assert_array_equal(predictions["ground_truth"], [0, 1, 0, 2])
+    assert predictions["query_embeddings"].shape == (4, 64) and predictions["gallery_embeddings"].shape == (3, 64)
+    # A random tiny model puts all images close together: bound the ranks allowing float ties.
+    similarity = predictions["query_embeddings"] @ predictions["gallery_embeddings"].T
+    matching = similarity[np.arange(4), predictions["ground_truth"]][:, None]
+    best_ranks, worst_ranks = 1 + (similarity > matching + 1e-5).sum(1), 1 + (similarity > matching - 1e-5).sum(1)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 100 * np.mean(worst_ranks == 1) - 1e-3 <= metrics["R@1"] <= 100 * np.mean(best_ranks == 1) + 1e-3
+    assert worst_ranks.mean() + 1e-3 >= metrics["mean_rank"] >= best_ranks.mean() - 1e-3
+    assert metrics["R@5"] == 100.0  # a gallery of three
+    assert metrics["beta"] in [round(0.1 * i, 1) for i in range(1, 11)]
+    assert (out / "retrieval_examples.png").is_file()

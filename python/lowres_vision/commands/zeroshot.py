@@ -1,0 +1,218 @@
+"""`lowres-vision zeroshot`: training-free evaluation, plain zero-shot or CoRE (paper 001).
+
+Classification tasks: class prompts against image embeddings (Top-1/Top-5). Retrieval tasks:
+cosine similarity of image embeddings (R@k, ranks); with `--method core` queries and gallery
+images are both enriched with the captions retrieved for them (β; α has no class branch there).
+Writes `metrics.json` and `predictions.npz` to `--out`, and for CoRE `retrieval_examples.png`
+(the captions retrieved for a few test images) and, with `--tune`, `tuning.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+TASKS = ("circuits", "historic-maps", "mechanical-drawing", "imagefolder", "paired-csv")
+EXAMPLE_IMAGES = 4
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "zeroshot", help="training-free zero-shot evaluation (plain prompts or CoRE retrieval enrichment)", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--data-root", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path, help="directory for metrics.json, predictions.npz and figures")
+    parser.add_argument("--method", choices=("plain", "core"), default="core")
+    parser.add_argument("--split", choices=("train", "val", "test"), default="test")
+    model = parser.add_argument_group("image-text model (open_clip)")
+    model.add_argument("--model", default=None, help="open_clip model name (default ViT-SO400M-14-SigLIP-384)")
+    model.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. webli) or local checkpoint path")
+    model.add_argument("--tiny", action="store_true", help="a tiny randomly initialised CLIP (tests, offline demo)")
+    prompts = parser.add_argument_group("prompts")
+    prompts.add_argument("--template", action="append", default=None, help="zero-shot template with one {} (repeatable; templates are averaged)")
+    prompts.add_argument("--retrieval-template", default=None, help="template of the class-name -> caption query")
+    core = parser.add_argument_group("CoRE")
+    core.add_argument("--captions", type=Path, default=None, help="caption corpus: .txt (one per line), .csv/.tsv/.parquet with --caption-column (default: the shipped corpus)")
+    core.add_argument("--caption-column", default=None)
+    core.add_argument("--index-dir", type=Path, default=None, help="caption index directory, reused and resumed (default OUT/caption_index)")
+    core.add_argument("--index-kind", choices=("auto", "flat", "ivf", "hnsw"), default="auto")
+    core.add_argument("--text-encoder", default=None, help="text-to-text encoder name or path (default: bundled all-MiniLM-L6-v2)")
+    core.add_argument("--text-pooling", choices=("mean", "last", "cls"), default="mean", help="'last' for SFR-Embedding-Mistral")
+    core.add_argument("--text-query-prefix", default="", help="instruction prepended to retrieval queries")
+    core.add_argument("--alpha", type=float, default=0.2)
+    core.add_argument("--beta", type=float, default=0.5)
+    core.add_argument("--tune", action="store_true", help="tune alpha and beta over 0.1..1.0 on the training split")
+    core.add_argument("--k", type=int, default=10)
+    core.add_argument("--image-temperature", type=float, default=100.0, help="tau_i2t (scores are divided by it)")
+    core.add_argument("--text-temperature", type=float, default=1.0, help="tau_t2t")
+    core.add_argument("--duplicate-threshold", type=float, default=0.94, help="drop retrieved captions above this cosine to a better one; negative disables")
+    core.add_argument("--formula", choices=("release", "paper"), default="release")
+    run = parser.add_argument_group("run")
+    run.add_argument("--batch-size", type=int, default=32)
+    run.add_argument("--caption-batch-size", type=int, default=256)
+    run.add_argument("--workers", type=int, default=0)
+    run.add_argument("--device", default=None, help="default: cuda when available")
+    run.add_argument("--seed", type=int, default=0, help="seeds the initialisation of randomly initialised models")
+    parser.set_defaults(func=run_zeroshot)
+
+
+def _embed_paths(model, paths, preprocess, args, device, desc):
+    from torch.utils.data import DataLoader
+
+    from lowres_vision.core import encode_images
+    from lowres_vision.data import ImageListDataset
+
+    loader = DataLoader(ImageListDataset(paths, preprocess), batch_size=args.batch_size, num_workers=args.workers)
+    return encode_images(model, loader, device=device, desc=desc)
+
+
+def _open_core(args, vlm_encoder, device):
+    from lowres_vision import core
+
+    if args.text_encoder is None:
+        text_encoder = core.default_text_encoder(device)
+    else:
+        text_encoder = core.HFTextEncoder(args.text_encoder, pooling=args.text_pooling, query_prefix=args.text_query_prefix, device=device)
+    corpus = args.captions or core.default_captions_path()
+    index = core.build_caption_index(
+        core.read_captions(corpus, column=args.caption_column), args.index_dir or args.out / "caption_index",
+        vlm_encoder=vlm_encoder, text_encoder=text_encoder, batch_size=args.caption_batch_size, index_kind=args.index_kind,
+    )
+    config = core.CoREConfig(
+        k=args.k, alpha=args.alpha, beta=args.beta, image_temperature=args.image_temperature, text_temperature=args.text_temperature,
+        duplicate_threshold=args.duplicate_threshold if args.duplicate_threshold >= 0 else None, formula=args.formula,
+    )
+    return core.CoRE(index, vlm_encoder, text_encoder, config)
+
+
+def _classification(args, model, preprocess, vlm_encoder, device):
+    import numpy as np
+    import torch
+
+    from lowres_vision import core, metrics
+    from lowres_vision.core.figures import plot_retrieved_captions, plot_tuning_grid
+    from lowres_vision.data import load_split
+
+    split = load_split(args.task, args.data_root, args.split)
+    default_templates, default_retrieval_template = core.default_templates(args.task)
+    templates = args.template or default_templates
+    images = _embed_paths(model, split.paths, preprocess, args, device, f"{args.split} images")
+    results = {"method": args.method, "task": args.task, "split": args.split, "templates": list(templates)}
+    if args.method == "plain":
+        logits = images @ core.zero_shot_weights(vlm_encoder, split.class_names, templates).T
+    else:
+        method = _open_core(args, vlm_encoder, device)
+        classes = method.classes(split.class_names, templates, args.retrieval_template or default_retrieval_template)
+        queries = method.queries(images)
+        alpha, beta = args.alpha, args.beta
+        if args.tune:
+            train = load_split(args.task, args.data_root, "train")
+            if tuple(train.class_names) != tuple(split.class_names):
+                raise ValueError("--tune: the train split's class names differ from those of the evaluated split")
+            tuning = core.tune_alpha_beta(
+                classes, method.queries(_embed_paths(model, train.paths, preprocess, args, device, "train images")), train.labels,
+                formula=args.formula,
+            )
+            alpha, beta = tuning.alpha, tuning.beta
+            results["tuning"] = {"train_top1": tuning.top1, "alphas": list(tuning.alphas), "betas": list(tuning.betas)}
+            plot_tuning_grid(tuning.alphas, tuning.betas, tuning.accuracy, args.out / "tuning.png")
+        logits = method.logits(classes, queries, alpha=alpha, beta=beta)
+        results.update(alpha=alpha, beta=beta, formula=args.formula, captions=len(method.index))
+        shown = range(min(EXAMPLE_IMAGES, len(split)))
+        caption_lists = queries.retrieved.caption_lists(method.index.captions)
+        plot_retrieved_captions(
+            [split.paths[i] for i in shown], [caption_lists[i] for i in shown], args.out / "retrieval_examples.png",
+            titles=[f"{split.paths[i].name} ({split.class_names[split.labels[i]]})" for i in shown],
+        )
+        results["class_captions"] = {
+            name: [caption for caption, _ in captions]
+            for name, captions in zip(split.class_names, classes.retrieved.caption_lists(method.index.captions))
+        }
+    labels = torch.tensor(split.labels)
+    results.update(metrics.topk_accuracy(logits, labels, (1, 5)))
+    np.savez(args.out / "predictions.npz", logits=logits.numpy(), labels=labels.numpy(), class_names=np.asarray(split.class_names))
+    return results
+
+
+def _retrieval_metrics(queries, gallery, ground_truth, *, symmetric: bool) -> dict[str, float]:
+    """LITE retrieval metrics; a symmetric split averages query->gallery and gallery->query."""
+    from lowres_vision.metrics import average_metrics, retrieval_metrics, retrieval_ranks
+
+    forward = retrieval_metrics(retrieval_ranks(queries, gallery, ground_truth))
+    if not symmetric:
+        return forward
+    # One query per gallery image: the inverse permutation is the ground truth of the reverse direction.
+    backward = retrieval_metrics(retrieval_ranks(gallery, queries, ground_truth.argsort()))
+    return {
+        **average_metrics(forward, backward),
+        **{f"query_to_gallery/{name}": value for name, value in forward.items()},
+        **{f"gallery_to_query/{name}": value for name, value in backward.items()},
+    }
+
+
+def _retrieval(args, model, preprocess, vlm_encoder, device):
+    import numpy as np
+    import torch
+
+    from lowres_vision import core
+    from lowres_vision.core.figures import plot_retrieved_captions
+    from lowres_vision.data import load_split
+
+    split = load_split(args.task, args.data_root, args.split)
+    queries = _embed_paths(model, split.query_paths, preprocess, args, device, f"{args.split} queries")
+    gallery = _embed_paths(model, split.gallery_paths, preprocess, args, device, f"{args.split} gallery")
+    results = {"method": args.method, "task": args.task, "split": args.split}
+    if args.method == "core":
+        method = _open_core(args, vlm_encoder, device)
+        beta = args.beta
+        if args.tune:
+            train = load_split(args.task, args.data_root, "train")
+            train_queries = method.queries(_embed_paths(model, train.query_paths, preprocess, args, device, "train queries"))
+            train_gallery = method.queries(_embed_paths(model, train.gallery_paths, preprocess, args, device, "train gallery"))
+            recall_at_1 = [
+                _retrieval_metrics(
+                    core.enrich_queries(train_queries.embeddings, train_queries.retrieved_embeddings, b, args.formula),
+                    core.enrich_queries(train_gallery.embeddings, train_gallery.retrieved_embeddings, b, args.formula),
+                    torch.tensor(train.ground_truth), symmetric=train.symmetric,
+                )["R@1"]
+                for b in core.enrich.TUNING_GRID
+            ]
+            beta = core.enrich.TUNING_GRID[int(np.argmax(recall_at_1))]
+            results["tuning"] = {"train_R@1": max(recall_at_1), "betas": list(core.enrich.TUNING_GRID)}
+        enriched_queries, enriched_gallery = method.queries(queries), method.queries(gallery)
+        queries = core.enrich_queries(enriched_queries.embeddings, enriched_queries.retrieved_embeddings, beta, args.formula)
+        gallery = core.enrich_queries(enriched_gallery.embeddings, enriched_gallery.retrieved_embeddings, beta, args.formula)
+        results.update(beta=beta, formula=args.formula, captions=len(method.index))
+        shown = range(min(EXAMPLE_IMAGES, len(split)))
+        caption_lists = enriched_queries.retrieved.caption_lists(method.index.captions)
+        plot_retrieved_captions([split.query_paths[i] for i in shown], [caption_lists[i] for i in shown], args.out / "retrieval_examples.png")
+    ground_truth = torch.tensor(split.ground_truth)
+    results.update(_retrieval_metrics(queries, gallery, ground_truth, symmetric=split.symmetric))
+    np.savez(
+        args.out / "predictions.npz", query_embeddings=queries.numpy(), gallery_embeddings=gallery.numpy(), ground_truth=ground_truth.numpy(),
+        query_paths=np.asarray([str(p) for p in split.query_paths]), gallery_paths=np.asarray([str(p) for p in split.gallery_paths]),
+    )
+    return results
+
+
+def run_zeroshot(args: argparse.Namespace) -> int:
+    import torch
+
+    from lowres_vision import core
+    from lowres_vision.data import is_retrieval
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if not args.tiny and args.pretrained is None:
+        print("zeroshot: no --pretrained given, the model keeps its random initialisation (numbers are meaningless)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    model, preprocess, vlm_encoder = core.load_vlm(args.model or core.DEFAULT_VLM, args.pretrained, tiny=args.tiny, device=device)
+    evaluate = _retrieval if is_retrieval(args.task) else _classification
+    results = evaluate(args, model, preprocess, vlm_encoder, device)
+    (args.out / "metrics.json").write_text(json.dumps(results, indent=2))
+    summary = {key: value for key, value in results.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    print(json.dumps(summary))
+    return 0
