@@ -1,0 +1,21 @@
+"""Generative augmentation with Stable Diffusion img2img: label-preserving, label-breaking (+ partners), GeNIe, GeNIe-Ada.
+
+    pipe = load_img2img_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5", device="cuda")
+    run_augmentation(pipe, make_sources(paths, labels, names), class_names, "aug/", AugmentConfig(), model_id=...)
+    AugmentedDataset(train_set, "aug/manifest.jsonl"); BreakingPairs("aug/manifest.jsonl", transform)
+
+diffusers and transformers are imported only when a pipeline is built.
+"""
+
+from .cache import KINDS, Manifest, cache_key, merge_manifests, read_manifest, shard
+from .data import AugmentedDataset, BreakingPairs
+from .generate import MODES, AugmentConfig, Augmenter, Source, make_sources, run_augmentation
+from .genie import GENIE_ADA_RATIOS, backbone_embedder, projected_distances, select_noise_ratio
+from .pipeline import DEFAULT_MODEL, TINY_MODEL, build_tiny_img2img_pipeline, genie_timesteps, load_img2img_pipeline
+
+__all__ = [
+    "AugmentConfig", "AugmentedDataset", "Augmenter", "BreakingPairs", "DEFAULT_MODEL", "GENIE_ADA_RATIOS", "KINDS",
+    "MODES", "Manifest", "Source", "TINY_MODEL", "backbone_embedder", "build_tiny_img2img_pipeline", "cache_key",
+    "genie_timesteps", "load_img2img_pipeline", "make_sources", "merge_manifests", "projected_distances",
+    "read_manifest", "run_augmentation", "select_noise_ratio", "shard",
+]

@@ -1,0 +1,294 @@
+"""Planning and running the generative augmentations: batched, cached, resumable, shardable.
+
+Per source image, m of each requested kind (paper 000 Sec. 3.1, paper 003):
+    preserving  img2img at strength γ (0.3) with the source's prompt, keeps the label
+    breaking    img2img at strength τ (0.6), label unknown; used in the contrastive loss
+    partner     its label-breaking image re-augmented at γ: the positive of that image
+    genie       img2img with the prompt of another class at noise ratio r (GeNIe), labelled with that
+                class; GeNIe-Ada generates r ∈ {0.5, …, 0.9} and keeps the one after the largest
+                jump of the projected embedding distance
+
+Every image is a pure function of its cache key (input file hash, kind, sampler, strength, prompt,
+seed, model, steps, guidance, resolution); a key whose image exists is never generated again.
+Seeds are per image, so an image does not depend on which batch or rank produced it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from ..data import load_image
+from .cache import Manifest, cache_key, derive_seed, file_sha256, image_relpath, is_valid_image, merge_manifests
+from .cache import shard, shard_manifest_name, write_image_atomic
+from .genie import GENIE_ADA_RATIOS, Embedder, class_mean_embeddings, projected_distances, select_noise_ratio
+from .pipeline import genie_timesteps, with_scheduler
+
+MODES = ("preserving", "breaking", "genie")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A training image: its path, label index and the class name its prompt uses."""
+
+    path: str
+    label: int
+    name: str
+    sha256: str
+
+
+def make_sources(paths: Sequence[Path | str], labels: Sequence[int], names: Sequence[str]) -> list[Source]:
+    """Sources with their content hashes; an unreadable image raises an error naming its path."""
+    sources = []
+    for path, label, name in zip(paths, labels, names):
+        load_image(path)  # fail now, naming the file, rather than halfway through a long run
+        sources.append(Source(str(path), int(label), name, file_sha256(path)))
+    return sources
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    modes: tuple[str, ...] = ("preserving", "breaking")
+    m: int = 10
+    steps: int = 50
+    resolution: int = 512
+    preserve_strength: float = 0.3
+    break_strength: float = 0.6
+    guidance_scale: float = 7.5
+    prompt_template: str = "a circuit diagram of {name}"
+    genie_prompt_template: str = "a photo of a {name}."
+    genie_ratio: float = 0.8
+    genie_adaptive: bool = False
+    genie_ratios: tuple[float, ...] = GENIE_ADA_RATIOS
+    batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.modes) - set(MODES)
+        if unknown or not self.modes:
+            raise ValueError(f"modes must be a non-empty subset of {MODES}, got {self.modes}")
+        if self.m < 1 or self.batch_size < 1 or self.steps < 1 or self.resolution < 8:
+            raise ValueError(f"m, batch_size and steps must be >= 1 and resolution >= 8; got m={self.m}, "
+                             f"batch_size={self.batch_size}, steps={self.steps}, resolution={self.resolution}")
+        for name in ("preserve_strength", "break_strength"):
+            strength = getattr(self, name)
+            if not 0.0 < strength <= 1.0 or int(self.steps * strength) < 1:
+                raise ValueError(f"{name}={strength} with steps={self.steps} leaves no denoising step "
+                                 f"(needs 0 < strength <= 1 and int(steps * strength) >= 1)")
+        ratios = self.genie_ratios if self.genie_adaptive else (self.genie_ratio,)
+        if any(not 0.0 < ratio <= 1.0 for ratio in ratios):
+            raise ValueError(f"GeNIe noise ratios must be in (0, 1], got {ratios}")
+
+
+@dataclass
+class Job:
+    """One image to generate: img2img of `input_path` with `prompt` at `strength` from `seed`."""
+
+    kind: str
+    sampler: str  # "ddim" (strength = γ/τ) or "dpm-solver" (GeNIe: strength = noise ratio r)
+    source: Source  # the dataset image this descends from
+    input_path: str
+    input_sha256: str
+    prompt: str
+    strength: float
+    seed: int
+    index: int
+    label: int | None
+    record: bool = True  # GeNIe-Ada candidates are cached but only the chosen one is listed
+    extra: dict = field(default_factory=dict)
+
+
+class Augmenter:
+    """Generates jobs in batches with one loaded pipeline, caching images under `out_dir`."""
+
+    def __init__(self, pipe, out_dir: Path | str, cfg: AugmentConfig, *, model_id: str,
+                 manifest_name: str = "manifest.jsonl", rank: int = 0) -> None:
+        self.cfg, self.model_id, self.rank = cfg, model_id, rank
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.pipes = {sampler: with_scheduler(pipe, sampler) for sampler in ("ddim", "dpm-solver")}
+        self.manifest = Manifest.open(self.out_dir / manifest_name)
+        self.generated = 0  # images this object produced (cache hits excluded)
+
+    def key(self, job: Job) -> str:
+        return cache_key(
+            input_sha256=job.input_sha256, kind=job.kind, sampler=job.sampler, strength=job.strength,
+            prompt=job.prompt, seed=job.seed, model=self.model_id, steps=self.cfg.steps,
+            guidance_scale=self.cfg.guidance_scale, resolution=self.cfg.resolution,
+        )
+
+    def path(self, key: str) -> Path:
+        return self.out_dir / image_relpath(key)
+
+    def entry(self, job: Job, key: str) -> dict:
+        return {
+            "key": key, "path": image_relpath(key), "kind": job.kind, "source": job.source.path,
+            "source_sha256": job.source.sha256, "source_label": job.source.label, "label": job.label,
+            "prompt": job.prompt, "strength": job.strength, "seed": job.seed, "index": job.index,
+            "sampler": job.sampler, "model": self.model_id, "steps": self.cfg.steps,
+            "guidance_scale": self.cfg.guidance_scale, "resolution": self.cfg.resolution, **job.extra,
+        }
+
+    def run(self, jobs: Sequence[Job], *, desc: str = "augment") -> dict[str, Path]:
+        """Makes sure every job's image exists (and is listed, if recorded); returns key -> image path."""
+        pending = []
+        for job in jobs:
+            key = self.key(job)
+            if key in self.manifest:
+                continue
+            if is_valid_image(self.path(key)):  # written before a crash, or by an earlier run
+                if job.record:
+                    self.manifest.append(self.entry(job, key))
+                continue
+            pending.append(job)
+        # One strength and sampler per pipeline call; prompts and images may differ within it.
+        groups: dict[tuple[str, float], list[Job]] = {}
+        for job in pending:
+            groups.setdefault((job.sampler, job.strength), []).append(job)
+        with tqdm(total=len(pending), desc=desc, unit="img", disable=not pending) as bar:
+            for group in groups.values():
+                for start in range(0, len(group), self.cfg.batch_size):
+                    batch = group[start:start + self.cfg.batch_size]
+                    for job, image in zip(batch, self.generate(batch)):
+                        key = self.key(job)
+                        write_image_atomic(image, self.path(key), tag=f"rank{self.rank}")
+                        self.generated += 1
+                        if job.record:
+                            self.manifest.append(self.entry(job, key))
+                    bar.update(len(batch))
+        return {self.key(job): self.path(self.key(job)) for job in jobs}
+
+    def generate(self, batch: Sequence[Job]) -> list[Image.Image]:
+        """One pipeline call for a batch sharing sampler and strength."""
+        sampler, strength = batch[0].sampler, batch[0].strength
+        if any((job.sampler, job.strength) != (sampler, strength) for job in batch):
+            raise ValueError("a batch must share one sampler and one strength")
+        pipe = self.pipes[sampler]
+        size = self.cfg.resolution
+        images = [ImageOps.fit(load_image(job.input_path), (size, size), Image.Resampling.BICUBIC) for job in batch]
+        schedule = (
+            {"strength": strength, "num_inference_steps": self.cfg.steps} if sampler == "ddim"
+            else {"strength": 1.0, "timesteps": genie_timesteps(pipe.scheduler, self.cfg.steps, strength)}
+        )
+        # CPU generators: the initial noise of an image is the same on every device and in every batch.
+        generators = [torch.Generator("cpu").manual_seed(job.seed) for job in batch]
+        with torch.inference_mode():
+            output = pipe(
+                prompt=[job.prompt for job in batch], image=images, guidance_scale=self.cfg.guidance_scale,
+                generator=generators, output_type="pil", **schedule,
+            )
+        return output.images
+
+
+def _plan_first_pass(sources: Sequence[Source], cfg: AugmentConfig, class_names: dict[int, str],
+                     genie_labels: Sequence[int]) -> tuple[list[Job], list[list[Job]]]:
+    """Preserving, breaking and GeNIe jobs; also the groups of GeNIe-Ada candidates (one per image)."""
+    jobs: list[Job] = []
+    ada_groups: list[list[Job]] = []
+    for source in sources:
+        prompt = cfg.prompt_template.format(name=source.name)
+        base = dict(source=source, input_path=source.path, input_sha256=source.sha256, prompt=prompt)
+        for index in range(cfg.m):
+            if "preserving" in cfg.modes:
+                jobs.append(Job(kind="preserving", sampler="ddim", strength=cfg.preserve_strength, index=index,
+                                seed=derive_seed(cfg.seed, "preserving", source.sha256, index), label=source.label,
+                                **base))
+            if "breaking" in cfg.modes:
+                jobs.append(Job(kind="breaking", sampler="ddim", strength=cfg.break_strength, index=index,
+                                seed=derive_seed(cfg.seed, "breaking", source.sha256, index), label=None, **base))
+        if "genie" in cfg.modes:
+            targets = [label for label in genie_labels if label != source.label]
+            if not targets:
+                raise ValueError(f"GeNIe needs a class other than {source.label} ({source.name!r}) among the sources")
+            order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(
+                derive_seed(cfg.seed, "genie-targets", source.sha256))).tolist()
+            for index in range(cfg.m):
+                target = targets[order[index % len(targets)]]
+                ratios = cfg.genie_ratios if cfg.genie_adaptive else (cfg.genie_ratio,)
+                group = [
+                    Job(kind="genie", sampler="dpm-solver", source=source, input_path=source.path,
+                        input_sha256=source.sha256, prompt=cfg.genie_prompt_template.format(name=class_names[target]),
+                        strength=ratio, index=index, seed=derive_seed(cfg.seed, "genie", source.sha256, index),
+                        label=target, record=not cfg.genie_adaptive, extra={"noise_ratio": ratio})
+                    for ratio in ratios
+                ]
+                jobs.extend(group)
+                if cfg.genie_adaptive:
+                    ada_groups.append(group)
+    return jobs, ada_groups
+
+
+def _partner_jobs(augmenter: Augmenter, breaking: Sequence[Job]) -> list[Job]:
+    cfg = augmenter.cfg
+    jobs = []
+    for job in breaking:
+        key = augmenter.key(job)
+        path = augmenter.path(key)
+        jobs.append(replace(
+            job, kind="partner", strength=cfg.preserve_strength, input_path=str(path),
+            input_sha256=file_sha256(path), seed=derive_seed(cfg.seed, "partner", key), extra={"partner_of": key},
+        ))
+    return jobs
+
+
+def _select_adaptive(augmenter: Augmenter, groups: Sequence[list[Job]], all_sources: Sequence[Source],
+                     embedder: Embedder, embedder_id: str) -> None:
+    """GeNIe-Ada: lists, per (source, target, index), the candidate right after the largest jump."""
+    todo = []
+    for group in groups:
+        candidate_keys = [augmenter.key(job) for job in group]
+        entry_key = cache_key(kind="genie-ada", candidates=candidate_keys, embedder=embedder_id)
+        if entry_key not in augmenter.manifest:
+            todo.append((group, candidate_keys, entry_key))
+    if not todo:
+        return
+    source_embeddings = F.normalize(embedder([load_image(source.path) for source in all_sources]).float(), dim=-1)
+    means = class_mean_embeddings(source_embeddings, [source.label for source in all_sources])
+    embedding_of = {source.sha256: embedding for source, embedding in zip(all_sources, source_embeddings)}
+    ratios = [job.strength for job in todo[0][0]]
+    for group, candidate_keys, entry_key in tqdm(todo, desc="GeNIe-Ada", unit="img"):
+        candidates = F.normalize(embedder([load_image(augmenter.path(key)) for key in candidate_keys]).float(), dim=-1)
+        distances = projected_distances(candidates, embedding_of[group[0].source.sha256], means[group[0].label])
+        chosen = select_noise_ratio(ratios, distances)
+        job = group[ratios.index(chosen)]
+        entry = augmenter.entry(job, entry_key)
+        entry.update(path=image_relpath(candidate_keys[ratios.index(chosen)]), noise_ratio=chosen, adaptive=True,
+                     ratios=ratios, distances=distances.tolist(), embedder=embedder_id)
+        augmenter.manifest.append(entry)
+
+
+def run_augmentation(pipe, sources: Sequence[Source], class_names: dict[int, str], out_dir: Path | str,
+                     cfg: AugmentConfig, *, model_id: str, rank: int = 0, world_size: int = 1,
+                     embedder: Embedder | None = None, embedder_id: str = "") -> dict:
+    """Generates this rank's share of the augmentations of `sources` into `out_dir`.
+
+    Rank r takes the sources i with i % world_size == r (each source with all its images, so a
+    partner is made by the rank that made its label-breaking image) and writes its own manifest
+    shard; with one process the manifest is merged and partner-linked at the end. With several,
+    call `merge_manifests(out_dir)` once every rank has finished.
+    """
+    if cfg.genie_adaptive and "genie" in cfg.modes and embedder is None:
+        raise ValueError("GeNIe-Ada needs an embedder (the backbone that embeds generated images)")
+    augmenter = Augmenter(pipe, out_dir, cfg, model_id=model_id, rank=rank,
+                          manifest_name=shard_manifest_name(rank, world_size))
+    own = shard(sources, rank, world_size)
+    genie_labels = sorted({source.label for source in sources})
+    first, ada_groups = _plan_first_pass(own, cfg, class_names, genie_labels)
+    cached_before = len(augmenter.manifest)
+    augmenter.run(first, desc=f"augment[{rank}/{world_size}]")
+    partners = _partner_jobs(augmenter, [job for job in first if job.kind == "breaking"])
+    augmenter.run(partners, desc=f"partners[{rank}/{world_size}]")
+    if ada_groups:
+        _select_adaptive(augmenter, ada_groups, sources, embedder, embedder_id)
+    if world_size == 1:
+        merge_manifests(out_dir)
+    planned = sum(job.record for job in itertools.chain(first, partners)) + len(ada_groups)
+    return {"generated": augmenter.generated, "listed_before": cached_before, "planned": planned,
+            "manifest": str(Path(out_dir) / shard_manifest_name(rank, world_size))}

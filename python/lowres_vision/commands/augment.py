@@ -1,0 +1,132 @@
+"""`lowres-vision augment`: generate the diffusion augmentations of a task's training split.
+
+Under torchrun each rank takes every world_size-th source image onto its own GPU and writes its own
+manifest shard; rank 0 merges the shards at the end (or run again with `--merge-only`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+DEFAULT_PROMPTS = {
+    "circuits": "a circuit diagram of {name}",
+    "imagefolder": "a photo of a {name}",
+    "historic-maps": "a historic map",
+    "mechanical-drawing": "a mechanical drawing",
+    "paired-csv": "a photo",
+}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "augment", help="generate label-preserving / label-breaking / GeNIe images with Stable Diffusion img2img",
+        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data-root", required=True, help="root of the LITE (or ImageFolder / paired-CSV) data")
+    parser.add_argument("--task", required=True, choices=sorted(DEFAULT_PROMPTS))
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--out", required=True, help="augmentation directory (images/, manifest.jsonl)")
+    parser.add_argument("--model", default=None, help="diffusers hub id or local path (default: SD 1.5)")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random pipeline and backbone (offline demos, tests)")
+    parser.add_argument("--modes", default="preserving,breaking", help="comma-separated subset of preserving,breaking,genie")
+    parser.add_argument("--m", type=int, default=10, help="images of each kind per source image")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--resolution", type=int, default=None, help="default 512 (64 with --tiny)")
+    parser.add_argument("--preserve-strength", type=float, default=0.3, help="γ")
+    parser.add_argument("--break-strength", type=float, default=0.6, help="τ")
+    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--prompt", default=None, help="prompt template with {name} (default per task)")
+    parser.add_argument("--genie-prompt", default="a photo of a {name}.", help="GeNIe target-class prompt template")
+    parser.add_argument("--genie-ratio", type=float, default=0.8, help="GeNIe noise ratio r")
+    parser.add_argument("--genie-ada", action="store_true", help="choose r per image from 0.5..0.9 (GeNIe-Ada)")
+    parser.add_argument("--backbone", default="ViT-B-16", help="GeNIe-Ada's embedding model (open_clip name or timm:<name>)")
+    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag of --backbone")
+    parser.add_argument("--backbone-checkpoint", default=None, help="local weights of --backbone")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="default: cuda:<LOCAL_RANK> when available, else cpu")
+    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                        help="default float16 on CUDA, float32 on CPU")
+    parser.add_argument("--merge-only", action="store_true", help="only merge the manifest shards in --out")
+    parser.set_defaults(func=run)
+
+
+def _sources(args):
+    from ..augment import make_sources
+    from ..data import ClassificationSplit, load_split
+
+    split = load_split(args.task, args.data_root, args.split)
+    if isinstance(split, ClassificationSplit):
+        class_names = dict(enumerate(split.class_names))
+        names = [split.class_names[label] for label in split.labels]
+        return make_sources(split.paths, split.labels, names), class_names
+    if "genie" in args.modes:
+        raise SystemExit(f"error: --modes genie needs class names; task {args.task!r} is a retrieval task")
+    # Retrieval: every distinct training image is a source of its own.
+    paths = list(dict.fromkeys([*split.query_paths, *split.gallery_paths]))
+    return make_sources(paths, range(len(paths)), [""] * len(paths)), {}
+
+
+def run(args) -> int:
+    import torch
+
+    from ..augment import AugmentConfig, build_tiny_img2img_pipeline, load_img2img_pipeline, merge_manifests
+    from ..augment import run_augmentation
+    from ..augment.pipeline import DEFAULT_MODEL, TINY_MODEL
+    from ..augment.preview import plot_examples, plot_genie_ada
+
+    if args.merge_only:
+        print(f"merged manifest: {merge_manifests(args.out)}")
+        return 0
+    args.modes = tuple(mode.strip() for mode in args.modes.split(",") if mode.strip())
+    world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1:
+        import datetime
+
+        import torch.distributed as dist
+
+        # Only a CPU barrier before the merge is needed (gloo); ranks may finish hours apart.
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+    cfg = AugmentConfig(
+        modes=args.modes, m=args.m, steps=args.steps, resolution=args.resolution or (64 if args.tiny else 512),
+        preserve_strength=args.preserve_strength, break_strength=args.break_strength,
+        guidance_scale=args.guidance_scale, prompt_template=args.prompt or DEFAULT_PROMPTS[args.task],
+        genie_prompt_template=args.genie_prompt, genie_ratio=args.genie_ratio, genie_adaptive=args.genie_ada,
+        batch_size=args.batch_size, seed=args.seed,
+    )
+    sources, class_names = _sources(args)
+    if args.tiny:
+        model_id, pipe = TINY_MODEL, build_tiny_img2img_pipeline(device=device, dtype=args.dtype)
+    else:
+        model_id = args.model or DEFAULT_MODEL
+        pipe = load_img2img_pipeline(model_id, device=device, dtype=args.dtype)
+    embedder, embedder_id = None, ""
+    if args.genie_ada and "genie" in args.modes:
+        from ..augment import backbone_embedder
+        from ..models.backbone import build_backbone
+
+        visual, preprocess = build_backbone(args.backbone, args.pretrained, checkpoint=args.backbone_checkpoint,
+                                            tiny=args.tiny)
+        embedder = backbone_embedder(visual, image_size=preprocess["image_size"], mean=preprocess["mean"],
+                                     std=preprocess["std"], device=device)
+        embedder_id = f"{args.backbone}|{args.pretrained}|{args.backbone_checkpoint}|tiny={args.tiny}"
+    summary = run_augmentation(pipe, sources, class_names, args.out, cfg, model_id=model_id, rank=rank,
+                               world_size=world_size, embedder=embedder, embedder_id=embedder_id)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if rank == 0:
+            merge_manifests(args.out)
+        dist.destroy_process_group()
+    if rank == 0:
+        manifest = os.path.join(args.out, "manifest.jsonl")
+        plot_examples(manifest, os.path.join(args.out, "examples.png"))
+        plot_genie_ada(manifest, os.path.join(args.out, "genie_ada.png"))
+    print(f"rank {rank}: generated {summary['generated']} images, {summary['planned']} listed in {summary['manifest']}")
+    return 0

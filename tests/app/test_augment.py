@@ -1,0 +1,370 @@
+"""Generative augmentation: offline on a tiny random SD pipeline (64 px, 4 steps)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("diffusers")
+
+from lowres_vision.augment import (  # noqa: E402
+    AugmentConfig, AugmentedDataset, Augmenter, BreakingPairs, Manifest, build_tiny_img2img_pipeline, genie_timesteps,
+    load_img2img_pipeline, make_sources, merge_manifests, projected_distances, read_manifest, run_augmentation,
+    select_noise_ratio, shard,
+)
+from lowres_vision.augment import generate as generate_module  # noqa: E402
+from lowres_vision.augment.cache import Manifest as ManifestClass  # noqa: E402
+from lowres_vision.augment.generate import Job  # noqa: E402
+from lowres_vision.data import ImageReadError  # noqa: E402
+
+CLASS_NAMES = {0: "resistor", 1: "capacitor", 2: "diode"}
+CONFIG = dict(m=1, steps=4, resolution=64, batch_size=4)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The tiny UNet is latency-bound; several threads on a shared 2-core machine only contend.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_tiny_img2img_pipeline(seed=0)
+
+
+def _noise_image(path: Path, seed: int, size=(40, 52)) -> Path:
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    paths = [_noise_image(root / f"{index}.png", index) for index in range(3)]
+    return make_sources(paths, [0, 1, 2], [CLASS_NAMES[label] for label in range(3)])
+
+
+class UNetCalls:
+    """Counts UNet forward passes (the cost of generation) while active."""
+
+    def __init__(self, pipe) -> None:
+        self.unet, self.count = pipe.unet, 0
+
+    def __enter__(self):
+        self.handle = self.unet.register_forward_pre_hook(lambda *_: setattr(self, "count", self.count + 1))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+
+@pytest.fixture(scope="module")
+def full_run(pipe, sources, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    cfg = AugmentConfig(modes=("preserving", "breaking", "genie"), **CONFIG)
+    summary = run_augmentation(pipe, sources[:2], CLASS_NAMES, out, cfg, model_id="tiny")
+    return out, cfg, summary
+
+
+# --- GeNIe-Ada's choice, as pure functions ------------------------------------------------------------
+
+
+def test_select_noise_ratio_picks_ratio_after_largest_jump():
+    ratios = [0.5, 0.6, 0.7, 0.8, 0.9]
+    # Jumps 0.05, 0.05, 0.5, 0.05: the transition happens between 0.7 and 0.8.
+    assert select_noise_ratio(ratios, torch.tensor([0.0, 0.05, 0.1, 0.6, 0.65])) == 0.8
+    # A falling curve counts by magnitude; the first jump (0.5 -> 0.6) wins here.
+    assert select_noise_ratio(ratios, torch.tensor([0.9, 0.1, 0.0, -0.1, -0.2])) == 0.6
+    assert select_noise_ratio(ratios, torch.tensor([0.0, 0.1, 0.2, 0.3, 1.0])) == 0.9
+    with pytest.raises(ValueError, match="one distance per ratio"):
+        select_noise_ratio(ratios, torch.zeros(4))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        select_noise_ratio([0.5, 0.5], torch.zeros(2))
+
+
+def test_projected_distances_hand_computed():
+    source, target_mean = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    candidates = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [1.0, 1.0]])
+    # v = (-1, 1)/sqrt(2): d = ((z - s) . v)
+    expected = torch.tensor([0.0, 1.0, 2.0, 1.0]) / 2 ** 0.5
+    torch.testing.assert_close(projected_distances(candidates, source, target_mean), expected)
+    with pytest.raises(ValueError, match=r"candidates \[k, d\]"):
+        projected_distances(torch.zeros(3), source, target_mean)
+
+
+def test_genie_timesteps_start_at_exact_noise_ratio(pipe):
+    from diffusers import DPMSolverMultistepScheduler
+
+    scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    timesteps = genie_timesteps(scheduler, 50, 0.8)
+    scheduler.set_timesteps(50)
+    grid = scheduler.timesteps.tolist()
+    assert timesteps[0] == 800
+    assert timesteps[1:] == [t for t in grid if t < 800]
+    assert genie_timesteps(scheduler, 50, 1.0)[0] == 999
+
+
+# --- generation ---------------------------------------------------------------------------------------
+
+
+def _job(source, seed, kind="preserving", strength=0.5):
+    return Job(kind=kind, sampler="ddim", source=source, input_path=source.path, input_sha256=source.sha256,
+               prompt=f"a circuit diagram of {source.name}", strength=strength, seed=seed, index=0, label=source.label)
+
+
+def test_generation_size_and_determinism_per_seed(pipe, sources, tmp_path):
+    augmenter = Augmenter(pipe, tmp_path, AugmentConfig(**CONFIG), model_id="tiny")
+    batch = [_job(sources[0], seed=1), _job(sources[1], seed=2)]
+    first = augmenter.generate(batch)
+    assert [(image.size, image.mode) for image in first] == [((64, 64), "RGB")] * 2
+    again = augmenter.generate(batch)
+    for image, repeat in zip(first, again):
+        np.testing.assert_array_equal(np.asarray(image), np.asarray(repeat))
+    other_seed = augmenter.generate([_job(sources[0], seed=3), _job(sources[1], seed=2)])
+    assert not np.array_equal(np.asarray(first[0]), np.asarray(other_seed[0]))
+    # Per-image generators: an image does not depend on what else is in its batch.
+    np.testing.assert_allclose(np.asarray(other_seed[1], dtype=float), np.asarray(first[1], dtype=float), atol=2)
+
+
+def test_run_writes_manifest_with_partner_links(full_run, sources):
+    out, cfg, summary = full_run
+    entries = read_manifest(out / "manifest.jsonl")
+    assert summary["generated"] == len(entries) == 2 * 4  # per source: preserving, breaking, partner, genie
+    assert sorted(entry["kind"] for entry in entries) == ["breaking"] * 2 + ["genie"] * 2 + ["partner"] * 2 + ["preserving"] * 2
+    by_key = {entry["key"]: entry for entry in entries}
+    for entry in entries:
+        with Image.open(out / entry["path"]) as image:
+            assert image.size == (64, 64)
+        if entry["kind"] == "preserving":
+            assert (entry["label"], entry["strength"]) == (entry["source_label"], 0.3)
+        if entry["kind"] == "breaking":
+            partner = by_key[entry["partner"]]
+            assert (partner["partner_of"], partner["strength"], entry["strength"], entry["label"]) == (entry["key"], 0.3, 0.6, None)
+        if entry["kind"] == "genie":
+            assert entry["label"] != entry["source_label"] and entry["noise_ratio"] == 0.8
+            assert entry["prompt"] == f"a photo of a {CLASS_NAMES[entry['label']]}."
+        assert entry["source"] in {source.path for source in sources[:2]}
+
+
+def test_rerun_generates_nothing(full_run, pipe, sources):
+    out, cfg, _ = full_run
+    mtimes = {path: path.stat().st_mtime_ns for path in out.rglob("*.png")}
+    with UNetCalls(pipe) as calls:
+        summary = run_augmentation(pipe, sources[:2], CLASS_NAMES, out, cfg, model_id="tiny")
+    assert (calls.count, summary["generated"]) == (0, 0)
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*.png")} == mtimes
+    assert len(read_manifest(out / "manifest.jsonl")) == 8
+
+
+def test_kill_and_resume_loses_and_duplicates_nothing(full_run, pipe, sources, tmp_path, monkeypatch):
+    reference, cfg, _ = full_run
+    crash_after = 3
+    real_append = ManifestClass.append
+
+    def crashing_append(self, entry):
+        # The image of the 4th entry is on disk when the "crash" hits, before its manifest line.
+        if len(self.entries) == crash_after:
+            raise KeyboardInterrupt("simulated crash")
+        real_append(self, entry)
+
+    monkeypatch.setattr(ManifestClass, "append", crashing_append)
+    with pytest.raises(KeyboardInterrupt):
+        run_augmentation(pipe, sources[:2], CLASS_NAMES, tmp_path, cfg, model_id="tiny")
+    monkeypatch.setattr(ManifestClass, "append", real_append)
+    with open(tmp_path / "manifest.jsonl", "a") as file:
+        file.write('{"key": "torn')  # the half-written line a kill can leave
+    written_before_restart = len(list(tmp_path.rglob("images/*/*.png")))
+    assert written_before_restart >= crash_after + 1
+
+    summary = run_augmentation(pipe, sources[:2], CLASS_NAMES, tmp_path, cfg, model_id="tiny")
+    entries = read_manifest(tmp_path / "manifest.jsonl")
+    keys = [entry["key"] for entry in entries]
+    assert len(keys) == len(set(keys)) == 8
+    assert summary["generated"] == 8 - written_before_restart  # nothing made twice
+    # Identical content to an uninterrupted run (same keys, same partner links).
+    assert entries == read_manifest(reference / "manifest.jsonl")
+
+
+def test_sharded_ranks_merge_to_the_single_process_manifest(full_run, pipe, sources, tmp_path):
+    assert shard(list(range(7)), 1, 3) == [1, 4]
+    parts = [shard(list(range(10)), rank, 3) for rank in range(3)]
+    assert sorted(sum(parts, [])) == list(range(10)) and all(i % 3 == r for r, part in enumerate(parts) for i in part)
+    with pytest.raises(ValueError, match="rank"):
+        shard([1], 2, 2)
+    reference, cfg, _ = full_run
+    for rank in range(2):
+        summary = run_augmentation(pipe, sources[:2], CLASS_NAMES, tmp_path, cfg, model_id="tiny", rank=rank, world_size=2)
+        assert summary["generated"] == 4
+        assert {entry["source"] for entry in read_manifest(tmp_path / f"manifest.rank{rank}.jsonl")} == {sources[rank].path}
+    merge_manifests(tmp_path)
+    assert _structure(read_manifest(tmp_path / "manifest.jsonl")) == _structure(read_manifest(reference / "manifest.jsonl"))
+
+
+def _structure(entries):
+    """What a manifest must agree on across batchings: every key, except a partner's.
+
+    A partner is keyed by its label-breaking image's file hash, and batched convolutions may
+    change that image in the last bits of a pixel, so partners are compared by their link.
+    """
+    by_key = {entry["key"]: entry for entry in entries}
+    assert all(by_key[entry["partner"]]["partner_of"] == entry["key"] for entry in entries if entry["kind"] == "breaking")
+    return sorted((entry["kind"], entry["source"], entry["index"], entry["partner_of"] if entry["kind"] == "partner" else entry["key"])
+                  for entry in entries)
+
+
+def test_genie_ada_lists_the_candidate_after_the_largest_jump(pipe, sources, tmp_path):
+    def pixel_embedder(images):
+        return torch.stack([torch.from_numpy(np.asarray(image.resize((8, 8)), dtype=np.float32)).flatten() for image in images])
+
+    cfg = AugmentConfig(modes=("genie",), genie_adaptive=True, **{**CONFIG, "batch_size": 8})
+    summary = run_augmentation(pipe, sources[:2], CLASS_NAMES, tmp_path, cfg, model_id="tiny",
+                               embedder=pixel_embedder, embedder_id="pixels")
+    entries = read_manifest(tmp_path / "manifest.jsonl")
+    assert summary["generated"] == 2 * 5 and len(entries) == 2
+    augmenter = Augmenter(pipe, tmp_path / "probe", cfg, model_id="tiny")
+    for entry in entries:
+        assert entry["adaptive"] and entry["ratios"] == [0.5, 0.6, 0.7, 0.8, 0.9]
+        assert entry["noise_ratio"] == select_noise_ratio(entry["ratios"], torch.tensor(entry["distances"]))
+        source = next(source for source in sources if source.path == entry["source"])
+        chosen = Job(kind="genie", sampler="dpm-solver", source=source, input_path=source.path,
+                     input_sha256=source.sha256, prompt=entry["prompt"], strength=entry["noise_ratio"],
+                     seed=entry["seed"], index=0, label=entry["label"])
+        assert entry["path"].endswith(augmenter.key(chosen) + ".png")  # the fixed-r GeNIe image at r*
+
+
+def test_augmented_dataset_replacement_rate_and_weights(tmp_path):
+    colours = [10, 60, 110, 160]
+    paths = [tmp_path / f"src{index}.png" for index in range(4)]
+    for path, colour in zip(paths, colours):
+        Image.new("RGB", (4, 4), (colour,) * 3).save(path)
+    from lowres_vision.augment.cache import file_sha256
+
+    lines = []
+    for index in range(3):  # the last source has no label-preserving images
+        for copy in range(2):
+            relative = f"images/p{index}_{copy}.png"
+            (tmp_path / "images").mkdir(exist_ok=True)
+            Image.new("RGB", (4, 4), (200 + 20 * copy, index, 0)).save(tmp_path / relative)
+            lines.append({"key": f"{index}{copy}", "path": relative, "kind": "preserving", "source": str(paths[index]),
+                          "source_sha256": file_sha256(paths[index]), "label": index})
+    lines.append({"key": "b", "path": "images/p0_0.png", "kind": "breaking", "source": str(paths[0]),
+                  "source_sha256": file_sha256(paths[0]), "label": None})
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    def transform(image):
+        return torch.from_numpy(np.asarray(image, dtype=np.float32)[0, 0].copy())
+
+    class Base(torch.utils.data.Dataset):
+        def __init__(self):
+            self.paths, self.transform = paths, transform
+
+        def __len__(self):
+            return len(self.paths)
+
+        def __getitem__(self, index):
+            with Image.open(self.paths[index]) as image:
+                return self.transform(image.convert("RGB")), index
+
+    dataset = AugmentedDataset(Base(), tmp_path / "manifest.jsonl")
+    replaced = []
+    for epoch in range(200):
+        dataset.set_epoch(epoch)
+        for index in range(4):
+            image, label, weight = dataset[index]
+            assert label == index and weight.dtype == torch.float32
+            is_replaced = image[0].item() >= 200
+            assert weight.item() == pytest.approx(0.65 if is_replaced else 1.0)
+            if not is_replaced:
+                assert image[0].item() == colours[index]
+            if index < 3:
+                replaced.append(is_replaced)
+            else:
+                assert not is_replaced
+    assert abs(np.mean(replaced) - 0.3) < 0.06  # 600 draws: 3 standard deviations
+    dataset.set_epoch(7)
+    assert [dataset.replacement(i) for i in range(4)] == [dataset.replacement(i) for i in range(4)]
+    assert AugmentedDataset(Base(), tmp_path / "manifest.jsonl", replace_prob=0.0).replacement(0) is None
+
+
+def test_breaking_pairs_yield_image_and_partner(full_run):
+    out, _, _ = full_run
+    pairs = BreakingPairs(out / "manifest.jsonl", lambda image: torch.from_numpy(np.asarray(image).copy()))
+    entries = {entry["key"]: entry for entry in read_manifest(out / "manifest.jsonl")}
+    assert len(pairs) == 2
+    breaking, partner = pairs[0]
+    first_partner = next(entry for entry in entries.values() if entry["kind"] == "partner")
+    with Image.open(out / entries[first_partner["partner_of"]]["path"]) as image:
+        np.testing.assert_array_equal(breaking.numpy(), np.asarray(image))
+    with Image.open(out / first_partner["path"]) as image:
+        np.testing.assert_array_equal(partner.numpy(), np.asarray(image))
+
+
+# --- errors -------------------------------------------------------------------------------------------
+
+
+def test_missing_model_path_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="/no/such/sd-model"):
+        load_img2img_pipeline("/no/such/sd-model")
+    with pytest.raises(RuntimeError, match=str(tmp_path)):
+        load_img2img_pipeline(str(tmp_path))  # exists, but is no diffusers pipeline
+
+
+def test_unreadable_source_image_names_it(tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(ImageReadError, match="broken.png"):
+        make_sources([broken], [0], ["resistor"])
+
+
+def test_config_rejects_strength_without_denoising_steps():
+    with pytest.raises(ValueError, match="preserve_strength=0.3 with steps=3"):
+        AugmentConfig(steps=3)
+    with pytest.raises(ValueError, match="modes"):
+        AugmentConfig(modes=("flip",))
+
+
+def test_manifest_open_drops_entries_without_images(tmp_path):
+    Image.new("RGB", (2, 2)).save(tmp_path / "kept.png")
+    lines = [{"key": "a", "path": "kept.png"}, {"key": "b", "path": "missing.png"}, {"key": "a", "path": "kept.png"}]
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"torn')
+    manifest = Manifest.open(tmp_path / "manifest.jsonl")
+    assert list(manifest.entries) == ["a"]
+    assert read_manifest(tmp_path / "manifest.jsonl") == [lines[0]]
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+
+def test_cli_augments_a_lite_circuits_split(tmp_path, capsys):
+    from lowres_vision.commands import augment as command
+
+    data = tmp_path / "lite" / "circuits"
+    (data / "data").mkdir(parents=True)
+    (data / "label_map.csv").write_text("id,name\n0,resistor\n1,capacitor\n")
+    (data / "train_5_shots.csv").write_text("id,filename,label\n0,a.png,0\n1,b.png,1\n")
+    _noise_image(data / "data" / "a.png", 0)
+    _noise_image(data / "data" / "b.png", 1)
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers())
+    args = parser.parse_args([
+        "augment", "--data-root", str(tmp_path / "lite"), "--task", "circuits", "--out", str(tmp_path / "aug"),
+        "--tiny", "--modes", "preserving", "--m", "2", "--steps", "4", "--device", "cpu",
+    ])
+    assert args.func(args) == 0
+    entries = read_manifest(tmp_path / "aug" / "manifest.jsonl")
+    assert len(entries) == 4 and {entry["prompt"] for entry in entries} == {
+        "a circuit diagram of resistor", "a circuit diagram of capacitor"}
+    assert (tmp_path / "aug" / "examples.png").stat().st_size > 0
+    assert "generated 4 images" in capsys.readouterr().out
+    shutil.rmtree(tmp_path / "aug")
