@@ -51,6 +51,19 @@ def is_retrieval(task: str) -> bool:
     return task in RETRIEVAL_TASKS
 
 
+def split_exists(task: str, root: Path | str, split: str) -> bool:
+    """Whether `root` has the file (or folder) that defines split `split` of `task`."""
+    is_retrieval(task)
+    root = Path(root)
+    return {
+        "circuits": root / "circuits" / f"{split}_5_shots.csv",
+        "historic-maps": root / "historic-maps" / f"{split}.csv",
+        "mechanical-drawing": root / "mechanical-drawing" / f"{split}.csv",
+        "imagefolder": root / split,
+        "paired-csv": root / f"{split}.csv",
+    }[task].exists()
+
+
 def load_split(task: str, root: Path | str, split: str) -> ClassificationSplit | RetrievalSplit:
     """Loads split `split` ("train", "val", "test") of `task` from `root`."""
     is_retrieval(task)
@@ -61,5 +74,5 @@ __all__ = [
     "CLASSIFICATION_TASKS", "CLIP_MEAN", "CLIP_STD", "ClassificationDataset", "ClassificationSplit", "DatasetFormatError",
     "EpochSeededDataset", "ImageListDataset", "ImageReadError", "PairDataset", "RETRIEVAL_TASKS", "RetrievalSplit",
     "TASKS", "eval_transform", "is_retrieval", "load_circuits", "load_historic_maps", "load_image", "load_image_folder",
-    "load_mechanical_drawing", "load_paired_csv", "load_split", "seeded_rngs", "train_transform",
+    "load_mechanical_drawing", "load_paired_csv", "load_split", "seeded_rngs", "split_exists", "train_transform",
 ]

@@ -1,0 +1,211 @@
+"""`TrainConfig`: every setting of a training / evaluation run, from a JSON or TOML file plus overrides.
+
+    cfg = load_config("run.toml", {"epochs": 5})     # file values, then overrides, then validation
+    cfg = TrainConfig(task="circuits", data_root="LITE", tokenization={"pool": "avg"})
+
+The baseline options (`tokenization`, `domain_attention`, `adapter`) are the keyword dicts of
+`lowres_vision.inject` (None = not used, {} = the defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import os
+import tomllib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from .data import TASKS
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid; the message names the setting."""
+
+
+@dataclass
+class TrainConfig:
+    # What to train on.
+    task: str
+    data_root: str
+    # The frozen backbone (an open_clip vision tower; `tiny` builds the small test/demo config).
+    backbone: str = "ViT-B-16"
+    pretrained: Optional[str] = None
+    checkpoint: Optional[str] = None
+    tiny: bool = False
+    image_size: int = 224
+    # Baselines (kwargs of lowres_vision.inject); linear_probe trains the head alone.
+    tokenization: Optional[dict] = None
+    domain_attention: Optional[dict] = None
+    adapter: Optional[dict] = None
+    linear_probe: bool = False
+    # Optimisation (the paper: Adam, lr 1e-3, batch 8, 90 epochs).
+    epochs: int = 90
+    batch_size: int = 8
+    lr: float = 1e-3
+    logit_scale: float = 80.0
+    train_augment: bool = False
+    seed: int = 0
+    # Generated-data augmentation (paper 000 Sec. 3.1); used when augment_manifest is set.
+    augment_manifest: Optional[str] = None
+    replace_prob: float = 0.3
+    replaced_weight: float = 0.65
+    breaking_loss_weight: float = 0.1
+    bank_batches: int = 40
+    # Run directory, hardware, bookkeeping.
+    out: Optional[str] = None
+    device: str = "auto"
+    amp: bool = True
+    num_workers: int = 0
+    eval_batch_size: int = 64
+    eval_every: int = 1
+    eval_split: str = "test"
+    checkpoint_every: int = 0
+    log_every: int = 1
+    resume: bool = False
+
+    def validate(self) -> "TrainConfig":
+        _check_types(self)
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
+        for name in ("epochs", "batch_size", "image_size", "eval_batch_size", "bank_batches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_workers", "eval_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "logit_scale", "replaced_weight"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.replace_prob <= 1:
+            raise ConfigError(f"replace_prob must be in [0, 1], got {self.replace_prob}")
+        if self.breaking_loss_weight < 0:
+            raise ConfigError(f"breaking_loss_weight must be >= 0, got {self.breaking_loss_weight}")
+        if self.eval_split not in ("val", "test"):
+            raise ConfigError(f"eval_split must be 'val' or 'test', got {self.eval_split!r}")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.split(":")[0] == "cuda"):
+            raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        baselines = [name for name in ("tokenization", "domain_attention", "adapter") if getattr(self, name) is not None]
+        if self.linear_probe and baselines:
+            raise ConfigError(f"linear_probe trains the head alone; it cannot be combined with {', '.join(baselines)}")
+        if self.resume and not self.out:
+            raise ConfigError("resume needs out (the run directory holding checkpoint.safetensors)")
+        if self.pretrained and self.checkpoint:
+            raise ConfigError(f"give pretrained ({self.pretrained!r}) or checkpoint ({self.checkpoint!r}), not both")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
+DISABLED = "none"  # a baseline flag's value that switches off a baseline set in the config file
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON (.json) or TOML (.toml) file -> a dict of settings (unchecked)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        if path.suffix.lower() == ".toml":
+            with open(path, "rb") as handle:
+                values = tomllib.load(handle)
+        elif path.suffix.lower() == ".json":
+            values = json.loads(path.read_text())
+        else:
+            raise ConfigError(f"config file {path}: expected a .json or .toml file")
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"config file {path}: {error}") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path}: expected a table/object of settings, got {type(values).__name__}")
+    return values
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Settings from `path` (optional), then `overrides` (e.g. CLI flags; None values are ignored)."""
+    values = read_config_file(path) if path is not None else {}
+    values.update({name: value for name, value in (overrides or {}).items() if value is not None})
+    values = {name: None if value is DISABLED else value for name, value in values.items()}
+    return config_from_dict(values, source=str(path) if path is not None else "settings")
+
+
+def config_from_dict(values: Mapping[str, Any], *, source: str = "settings") -> TrainConfig:
+    unknown = [name for name in values if name not in FIELD_NAMES]
+    if unknown:
+        hints = {name: difflib.get_close_matches(name, FIELD_NAMES, n=1) for name in unknown}
+        described = ", ".join(f"{name!r}" + (f" (did you mean {hints[name][0]!r}?)" if hints[name] else "") for name in unknown)
+        raise ConfigError(f"{source}: unknown setting(s) {described}")
+    missing = [name for name in ("task", "data_root") if name not in values]
+    if missing:
+        raise ConfigError(f"{source}: missing required setting(s) {', '.join(missing)}")
+    return TrainConfig(**values).validate()
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    hints = typing.get_type_hints(TrainConfig)
+    for name in FIELD_NAMES:
+        value, expected = getattr(cfg, name), hints[name]
+        optional = typing.get_origin(expected) is typing.Union and type(None) in typing.get_args(expected)
+        if optional:
+            if value is None:
+                continue
+            expected = next(arg for arg in typing.get_args(expected) if arg is not type(None))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            setattr(cfg, name, float(value))
+            continue
+        valid = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        if not valid:
+            wanted = expected.__name__ + (" or null" if optional else "")
+            raise ConfigError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__})")
+
+
+def _parse_options(text: str) -> dict | str:
+    if text.strip().lower() == DISABLED:
+        return DISABLED
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"expected a JSON object (e.g. '{{\"pool\": \"avg\"}}') or 'none', got {text!r}") from error
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object or 'none', got {text!r}")
+    return value
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--flag` per TrainConfig field (`data_root` -> `--data-root`), all defaulting to "not given".
+
+    Dict settings take a JSON object (`--tokenization '{"pool": "avg"}'`, `'{}'` for the defaults)
+    or `none`; booleans have `--flag/--no-flag`.
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    group = parser.add_argument_group("settings (override the config file; see lowres_vision.config.TrainConfig)")
+    for spec in dataclasses.fields(TrainConfig):
+        flag = "--" + spec.name.replace("_", "-")
+        kind = hints[spec.name]
+        if typing.get_origin(kind) is typing.Union:
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        default = None if spec.default is dataclasses.MISSING else spec.default
+        shown = f" (default: {default})" if spec.default is not dataclasses.MISSING else " (required unless in the config file)"
+        if kind is bool:
+            group.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=None, help=shown.strip(" ()"))
+        elif kind is dict:
+            group.add_argument(flag, dest=spec.name, type=_parse_options, default=None, metavar="JSON", help="JSON object or 'none'" + shown)
+        else:
+            group.add_argument(flag, dest=spec.name, type=kind, default=None, metavar=kind.__name__.upper(), help=shown.strip())
+
+
+def config_from_args(args: argparse.Namespace, config_path: str | os.PathLike | None = None) -> TrainConfig:
+    """The config file (if any) overridden by the flags of `add_config_arguments` that were given."""
+    return load_config(config_path, {name: getattr(args, name) for name in FIELD_NAMES})

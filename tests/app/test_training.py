@@ -1,0 +1,187 @@
+"""Training / evaluation loops on a tiny open_clip tower (4 layers, width 64, 56 px) and toy LITE data."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+from test_data import write_toy_lite
+
+from lowres_vision.config import TrainConfig
+from lowres_vision.training import evaluate, train
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    # The CI machine has 2 cores shared by many jobs; one thread is faster and bitwise reproducible.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def lite_root(tmp_path_factory) -> Path:
+    return write_toy_lite(tmp_path_factory.mktemp("lite"))
+
+
+def _config(lite_root: Path, out: Path, **overrides) -> TrainConfig:
+    settings = dict(task="circuits", data_root=str(lite_root), tiny=True, image_size=56, epochs=2, batch_size=4,
+                    lr=1e-2, out=str(out), eval_every=0, tokenization={"pool": "avg"}, seed=0)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def _without_time(records: list[dict]) -> list[dict]:
+    return [{key: value for key, value in record.items() if key != "time"} for record in records]
+
+
+class Killed(Exception):
+    pass
+
+
+def _kill_at(step: int):
+    def hook(global_step: int, model: torch.nn.Module) -> None:
+        if global_step == step:
+            raise Killed
+    return hook
+
+
+def test_classification_learns_and_writes_the_run_directory(lite_root, tmp_path):
+    cfg = _config(lite_root, tmp_path / "run", epochs=3, eval_every=1, domain_attention={})
+    metrics = train(cfg)
+    run = Path(cfg.out)
+    epochs = [record for record in _log(run) if record["event"] == "epoch"]
+    assert [record["epoch"] for record in epochs] == [0, 1, 2] and "val/top1" in epochs[0]
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    steps = [record for record in _log(run) if record["event"] == "step"]
+    assert [record["step"] for record in steps] == list(range(1, 10))  # 12 images / batch 4, 3 epochs
+
+    assert json.loads((run / "config.json").read_text()) == cfg.to_dict()
+    trainable = load_file(str(run / "trainable.safetensors"))
+    assert {"visual.conv1.logits", "head.linear.weight", "head.norm.weight"} <= set(trainable)
+    assert any(name.endswith("domain_attention.maps") for name in trainable)
+    assert not torch.equal(trainable["visual.conv1.logits"], torch.ones(49))  # the sub-kernel weights moved
+
+    predictions = np.load(run / "predictions.npz")
+    assert predictions["logits"].shape == (6, 3) and list(predictions["class_names"]) == ["class_3", "class_7", "class_10"]
+    assert predictions["labels"].tolist() == [0, 0, 1, 1, 2, 2]
+    top1 = 100 * np.mean(predictions["logits"].argmax(1) == predictions["labels"])
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    assert metrics["top1"] == pytest.approx(top1) and metrics["top5"] == 100.0  # 3 classes: top-5 is everything
+
+    assert evaluate(cfg) == pytest.approx(metrics)  # the frozen backbone is rebuilt from the seed
+
+
+def test_resume_after_kill_ends_with_identical_parameters(lite_root, tmp_path):
+    settings = dict(train_augment=True, checkpoint_every=2, adapter={"kind": "adaptformer"})
+    reference = _config(lite_root, tmp_path / "reference", **settings)
+    train(reference)
+
+    killed = _config(lite_root, tmp_path / "killed", **settings)
+    with pytest.raises(Killed):
+        train(killed, on_step=_kill_at(5))  # epoch 2, step 2 of 3; the last checkpoint is step 4
+    state = json.loads((tmp_path / "killed" / "checkpoint.json").read_text())
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 1, 4)
+    assert state["sampler"]["start_index"] == 4
+    train(_config(lite_root, tmp_path / "killed", resume=True, **settings))
+
+    expected = load_file(str(tmp_path / "reference" / "trainable.safetensors"))
+    resumed = load_file(str(tmp_path / "killed" / "trainable.safetensors"))
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+    assert _without_time(_log(tmp_path / "killed")) == _without_time(_log(tmp_path / "reference"))
+
+
+def test_resume_refuses_a_different_batch_size(lite_root, tmp_path):
+    with pytest.raises(Killed):
+        train(_config(lite_root, tmp_path, checkpoint_every=1), on_step=_kill_at(1))
+    with pytest.raises(ValueError, match="batch_size=4; this run has .*batch_size=2"):
+        train(_config(lite_root, tmp_path, batch_size=2, resume=True))
+
+
+def test_same_seed_gives_the_same_parameters(lite_root, tmp_path):
+    runs = {name: _config(lite_root, tmp_path / name, epochs=1, seed=seed, train_augment=True)
+            for name, seed in (("a", 0), ("b", 0), ("c", 1))}
+    for cfg in runs.values():
+        train(cfg)
+    a, b, c = (load_file(str(Path(cfg.out) / "trainable.safetensors")) for cfg in runs.values())
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert not torch.equal(a["head.linear.weight"], c["head.linear.weight"])
+
+
+def test_retrieval_training_and_metrics(lite_root, tmp_path):
+    maps = _config(lite_root, tmp_path / "maps", task="historic-maps", epochs=1, tokenization=None, adapter={"kind": "lora", "rank": 2})
+    metrics = train(maps)
+    predictions = np.load(Path(maps.out) / "predictions.npz")
+    queries, gallery = predictions["query_embeddings"], predictions["gallery_embeddings"]
+    assert queries.shape == (6, 64) and gallery.shape == (3, 64)  # gallery: the unique satellite images
+    assert predictions["ground_truth"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert predictions["gallery_paths"][0].endswith("test_sat_0.png")
+    scores = queries @ gallery.T
+    ranks = 1 + (scores > scores[np.arange(6), predictions["ground_truth"]][:, None]).sum(1)
+    assert metrics["R@1"] == pytest.approx(100 * np.mean(ranks == 1))
+    assert metrics["mean_rank"] == pytest.approx(ranks.mean())
+
+    drawings = _config(lite_root, tmp_path / "drawings", task="mechanical-drawing", epochs=1, tokenization=None, linear_probe=True)
+    metrics = train(drawings)
+    for name in ("R@1", "R@5", "mean_rank"):
+        assert metrics[name] == pytest.approx((metrics[f"query_to_gallery/{name}"] + metrics[f"gallery_to_query/{name}"]) / 2)
+    assert set(load_file(str(Path(drawings.out) / "trainable.safetensors"))) == {
+        "head.norm.weight", "head.norm.bias", "head.projection.weight"}
+
+
+def test_nothing_to_train_and_missing_run_are_clear_errors(lite_root, tmp_path):
+    with pytest.raises(ValueError, match="nothing to train"):
+        train(_config(lite_root, tmp_path / "frozen", task="historic-maps", tokenization=None))
+    with pytest.raises(FileNotFoundError, match="no trained parameters at .*trainable.safetensors"):
+        evaluate(_config(lite_root, tmp_path / "never"))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, cfg: TrainConfig, result_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    final = {}
+
+    def keep(step: int, model: torch.nn.Module) -> None:
+        final.update({name: parameter.detach().clone() for name, parameter in model.trainable_parameters()})
+
+    try:
+        train(cfg, on_step=keep)
+        torch.save(final, Path(result_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_processes_match_one_process_with_the_same_global_batch(lite_root, tmp_path):
+    single = _config(lite_root, tmp_path / "single", epochs=1, batch_size=4, train_augment=True)
+    train(single)
+    ddp = _config(lite_root, tmp_path / "ddp", epochs=1, batch_size=2, train_augment=True)
+    # fork: the workers inherit the imported torch/open_clip instead of importing them again (~30 s on CI).
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), ddp, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+
+    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1))
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    expected = load_file(str(tmp_path / "single" / "trainable.safetensors"))
+    assert load_file(str(tmp_path / "ddp" / "trainable.safetensors")).keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(rank0[name], expected[name], atol=1e-5, rtol=1e-4)
+    assert [record["step"] for record in _log(tmp_path / "ddp")] == [1, 2, 3, 3]  # rank 0 alone wrote it
