@@ -221,6 +221,20 @@ def test_clear_errors_for_empty_corpus_and_mismatched_widths(tmp_path):
         build_caption_index(captions, tmp_path / "resume", vlm_encoder=wider, text_encoder=text, batch_size=4)
 
 
+def test_core_refuses_encoders_the_index_was_not_built_with(tmp_path):
+    from lowres_vision.core import CoRE, CoREConfig
+
+    captions = make_captions(5)
+    index, vlm, text = build(tmp_path, captions)
+    CoRE(index, vlm, text)
+    with pytest.raises(ValueError, match=r"'text' space .* was built with lookup:6:1, not lookup:6:7"):
+        CoRE(index, vlm, LookupEncoder(captions, 6, seed=7))
+    with pytest.raises(ValueError, match="beta must lie in"):
+        CoREConfig(beta=1.5)
+    with pytest.raises(ValueError, match="image_temperature must be > 0"):
+        CoREConfig(image_temperature=0)
+
+
 def test_read_captions_from_csv_and_parquet(tmp_path):
     (tmp_path / "corpus.csv").write_text('url,caption\nx,"a gear,\nwith teeth"\ny,\nz,a map\n')
     assert read_captions(tmp_path / "corpus.csv", column="caption") == ["a gear, with teeth", "a map"]
@@ -243,6 +257,14 @@ def test_minilm_text_encoder_is_384d_unit_norm_and_semantic():
     similarity = embeddings @ embeddings.T
     assert similarity[0, 1] > similarity[0, 2] + 0.2
     torch.testing.assert_close(encode_queries(encoder, ["a historic map of a harbour"])[0], embeddings[2])
+
+    # Pooling ignores padding: a batch of unequal lengths gives each text's unpadded embedding.
+    from lowres_vision.core import HFTextEncoder
+
+    for pooling in ("mean", "last"):
+        pooled = encoder if pooling == "mean" else HFTextEncoder(encoder.model.name_or_path, pooling=pooling)
+        texts = ["gear", "an exploded view of a bearing housing assembly"]
+        torch.testing.assert_close(pooled.encode(texts), torch.cat([pooled.encode([text]) for text in texts]), atol=1e-5, rtol=1e-5)
 
 
 def write_tiny_circuits(root, class_names=("amplifier", "LED driver", "power supply"), per_class=2):

@@ -117,7 +117,9 @@ def _classification(args, model, preprocess, vlm_encoder, device):
                 formula=args.formula,
             )
             alpha, beta = tuning.alpha, tuning.beta
-            results["tuning"] = {"train_top1": tuning.top1, "alphas": list(tuning.alphas), "betas": list(tuning.betas)}
+            results["tuning"] = {
+                "train_top1": tuning.top1, "alphas": list(tuning.alphas), "betas": list(tuning.betas), "top1": tuning.accuracy.tolist(),
+            }
             plot_tuning_grid(tuning.alphas, tuning.betas, tuning.accuracy, args.out / "tuning.png")
         logits = method.logits(classes, queries, alpha=alpha, beta=beta)
         results.update(alpha=alpha, beta=beta, formula=args.formula, captions=len(method.index))
@@ -178,10 +180,10 @@ def _retrieval(args, model, preprocess, vlm_encoder, device):
                     core.enrich_queries(train_gallery.embeddings, train_gallery.retrieved_embeddings, b, args.formula),
                     torch.tensor(train.ground_truth), symmetric=train.symmetric,
                 )["R@1"]
-                for b in core.enrich.TUNING_GRID
+                for b in core.TUNING_GRID
             ]
-            beta = core.enrich.TUNING_GRID[int(np.argmax(recall_at_1))]
-            results["tuning"] = {"train_R@1": max(recall_at_1), "betas": list(core.enrich.TUNING_GRID)}
+            beta = core.TUNING_GRID[int(np.argmax(recall_at_1))]
+            results["tuning"] = {"train_R@1": max(recall_at_1), "betas": list(core.TUNING_GRID), "R@1": recall_at_1}
         enriched_queries, enriched_gallery = method.queries(queries), method.queries(gallery)
         queries = core.enrich_queries(enriched_queries.embeddings, enriched_queries.retrieved_embeddings, beta, args.formula)
         gallery = core.enrich_queries(enriched_gallery.embeddings, enriched_gallery.retrieved_embeddings, beta, args.formula)

@@ -6,7 +6,7 @@ from .encoders import (
     tiny_clip,
 )
 from .enrich import (
-    FORMULAS, CoRE, CoREConfig, EnrichedClasses, EnrichedQueries, TuningResult, enrich_class_weights, enrich_queries,
+    FORMULAS, TUNING_GRID, CoRE, CoREConfig, EnrichedClasses, EnrichedQueries, TuningResult, enrich_class_weights, enrich_queries,
     enriched_logits, tune_alpha_beta, weighted_caption_embedding, zero_shot_weights,
 )
 from .index import (
@@ -28,7 +28,7 @@ def default_captions_path():
 __all__ = [
     "CORE_TEMPLATES", "CaptionIndex", "CoRE", "CoREConfig", "DEFAULT_CAPTIONS", "DEFAULT_VLM", "DUPLICATE_COSINE",
     "EnrichedClasses", "EnrichedQueries", "FORMULAS", "HFTextEncoder", "INDEX_KINDS", "LITE_TEMPLATES", "OpenCLIPTextEncoder",
-    "Retrieved", "SPACES", "TEXT_SPACE", "TextEncoder", "TuningResult", "VLM_SPACE", "build_caption_index", "build_faiss_index",
+    "Retrieved", "SPACES", "TEXT_SPACE", "TUNING_GRID", "TextEncoder", "TuningResult", "VLM_SPACE", "build_caption_index", "build_faiss_index",
     "default_captions_path", "default_templates", "default_text_encoder", "encode_images", "encode_queries",
     "enrich_class_weights", "enrich_queries", "enriched_logits", "fill_templates", "load_vlm", "read_captions", "tiny_clip",
     "tune_alpha_beta", "weighted_caption_embedding", "zero_shot_weights",

@@ -96,6 +96,12 @@ class CoREConfig:
             raise ValueError(f"formula must be one of {FORMULAS}, got {self.formula!r}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
+        for name in ("alpha", "beta"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        for name in ("image_temperature", "text_temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 @dataclass
