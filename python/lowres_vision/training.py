@@ -183,7 +183,7 @@ class _Progress:
     epoch_loss_sum: float = 0.0  # over the steps already taken in `epoch`, for its mean in log.jsonl
 
 
-def _save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, loss_state: dict[str, torch.Tensor],
+def _save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, breaking_loss: Optional[nn.Module],
                      progress: _Progress, batch_size: int, world_size: int, seed: int) -> None:
     tensors = {f"model.{name}": parameter for name, parameter in _trainable(model).items()}
     optimizer_state = optimizer.state_dict()
@@ -194,7 +194,9 @@ def _save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                 tensors[f"optimizer.{index}.{key}"] = value
             else:
                 scalar_state.setdefault(str(index), {})[key] = value
-    tensors.update({f"loss.{name}": value for name, value in loss_state.items()})
+    if breaking_loss is not None:
+        # The memory bank is not in the loss's state_dict; it is part of an exact resume.
+        tensors.update({f"bank.{index}": keys for index, keys in enumerate(breaking_loss.bank)})
     rng_tensors, rng_state = _rng_state()
     tensors.update(rng_tensors)
     state = {
@@ -212,7 +214,7 @@ def _save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     _write_json(run / "checkpoint.json", state)
 
 
-def _load_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, loss_module: Optional[nn.Module],
+def _load_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, breaking_loss: Optional[nn.Module],
                      batch_size: int, world_size: int, seed: int) -> _Progress:
     from safetensors import safe_open
 
@@ -247,8 +249,10 @@ def _load_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     for index, entries in state["optimizer"]["scalar_state"].items():
         optimizer_state.setdefault(int(index), {}).update(entries)
     optimizer.load_state_dict({"state": optimizer_state, "param_groups": state["optimizer"]["param_groups"]})
-    if loss_module is not None:
-        loss_module.load_state_dict({name[len("loss."):]: value for name, value in tensors.items() if name.startswith("loss.")})
+    if breaking_loss is not None:
+        breaking_loss.reset()
+        for index in range(sum(name.startswith("bank.") for name in tensors)):
+            breaking_loss.bank.append(tensors[f"bank.{index}"].to(next(model.parameters()).device))
     _set_rng_state(tensors, state["rng"])
     return _Progress(state["epoch"], state["step_in_epoch"], state["global_step"], state["epoch_loss_sum"])
 
@@ -321,7 +325,7 @@ def _train_dataset(cfg: TrainConfig, transform) -> torch.utils.data.Dataset:
         from .augment.data import AugmentedDataset
 
         dataset = AugmentedDataset(dataset, cfg.augment_manifest, replace_prob=cfg.replace_prob,
-                                   replaced_weight=cfg.replaced_weight)
+                                   replaced_weight=cfg.replaced_weight, seed=cfg.seed)
     return dataset
 
 
@@ -392,19 +396,71 @@ def _write_results(run: Path, metrics: dict[str, float], predictions: dict[str, 
 # -------------------------------------------------------------------------------------- training
 
 
-def _task_loss(model: nn.Module, batch, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+class _StepForward(nn.Module):
+    """Everything a step needs from the model in one forward, so that DDP sees (and syncs) all of it.
+
+    images [B, 3, H, W] -> (head outputs of the first `num_task` images, class tokens of the rest);
+    the rest are the label-breaking pairs of the contrastive loss.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, num_task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.model.forward_tokens(images)
+        return self.model.head(tokens[:num_task]), tokens[num_task:, 0]
+
+
+def _step_loss(forward: nn.Module, batch, pairs, breaking_loss: Optional[nn.Module], cfg: TrainConfig,
+               device: torch.device) -> torch.Tensor:
+    """Task loss (+ breaking_loss_weight x the label-breaking contrastive loss when `pairs` is given)."""
     from .losses import symmetric_contrastive_loss, weighted_cross_entropy
 
-    with _autocast(device, cfg.amp):
-        if is_retrieval(cfg.task):
-            queries, gallery = (images.to(device, non_blocking=True) for images in batch)
-            # One forward through the shared backbone for both sides of every pair.
-            query_embeddings, gallery_embeddings = model(torch.cat([queries, gallery])).float().split(len(queries))
-            return symmetric_contrastive_loss(query_embeddings, gallery_embeddings, logit_scale=cfg.logit_scale)
+    if is_retrieval(cfg.task):
+        # Both sides of every pair go through the shared backbone.
+        images, labels, weights = torch.cat(batch), None, None
+    else:
         images, labels, *weights = batch
-        logits = model(images.to(device, non_blocking=True)).float()
-    weights = weights[0].to(device, torch.float32) if weights else torch.ones(len(labels), device=device)
-    return weighted_cross_entropy(logits, labels.to(device), weights)
+        weights = weights[0] if weights else None
+    num_task = len(images)
+    if pairs is not None:
+        images = torch.cat([images, *pairs])
+    with _autocast(device, cfg.amp):
+        outputs, features = forward(images.to(device, non_blocking=True), num_task)
+    outputs, features = outputs.float(), features.float()
+    if labels is None:
+        queries, gallery = outputs.split(num_task // 2)
+        loss = symmetric_contrastive_loss(queries, gallery, logit_scale=cfg.logit_scale)
+    else:
+        weights = None if weights is None else weights.to(device, torch.float32)
+        loss = weighted_cross_entropy(outputs, labels.to(device), weights)
+    if pairs is not None:
+        breaking, partners = features.split(len(pairs[0]))
+        loss = loss + cfg.breaking_loss_weight * breaking_loss(breaking, partners)
+    return loss
+
+
+def _breaking_pair_batches(cfg: TrainConfig, transform, context: _Distributed, start_step: int):
+    """An endless iterator of (label-breaking, partner) image batches, batch s at optimizer step s.
+
+    The pairs are cycled in seeded per-pass permutations (sharded over ranks like the task data);
+    starting at `start_step` resumes exactly where a checkpoint left off.
+    """
+    from .augment.data import BreakingPairs
+
+    pairs = BreakingPairs(cfg.augment_manifest, transform)
+    if len(pairs) == 0:
+        raise ValueError(f"augment_manifest {cfg.augment_manifest}: no (label-breaking, partner) pairs listed")
+    dataset = EpochSeededDataset(pairs, cfg.seed + 1)
+    sampler = ResumableDistributedSampler(dataset, num_replicas=context.world_size, rank=context.rank, seed=cfg.seed + 1)
+    per_pass = math.ceil(sampler.num_samples / cfg.batch_size)
+    epoch, step = divmod(start_step, per_pass)
+    while True:
+        sampler.set_position(epoch, step * cfg.batch_size)
+        dataset.set_epoch(epoch)
+        yield from DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers)
+        epoch, step = epoch + 1, 0
 
 
 def _mean_over_ranks(value: torch.Tensor, world_size: int) -> float:
@@ -451,25 +507,32 @@ def _train(cfg: TrainConfig, context: _Distributed, on_step: Optional[StepHook])
     dataset = EpochSeededDataset(_train_dataset(cfg, train_tf), cfg.seed)
     sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=context.rank, seed=cfg.seed)
     optimizer = torch.optim.Adam(parameters, lr=cfg.lr)
-    loss_state_module: Optional[nn.Module] = None
+    breaking_loss = None
+    if cfg.augment_manifest is not None:
+        from .losses import MemoryBankContrastiveLoss
+
+        breaking_loss = MemoryBankContrastiveLoss(_tower_width(model.visual), cfg.bank_batches, cfg.logit_scale)
 
     if context.is_main:
         run.mkdir(parents=True, exist_ok=True)
         _write_json(run / "config.json", cfg.to_dict())
     progress = _Progress()
     if cfg.resume:
-        progress = _load_checkpoint(run, model, optimizer, loss_state_module, cfg.batch_size, world_size, cfg.seed)
+        progress = _load_checkpoint(run, model, optimizer, breaking_loss, cfg.batch_size, world_size, cfg.seed)
         if context.is_main:
             _truncate_log(run / "log.jsonl", progress.global_step)
     elif context.is_main:
         (run / "log.jsonl").unlink(missing_ok=True)
+    pair_batches = None
+    if breaking_loss is not None:
+        pair_batches = _breaking_pair_batches(cfg, train_tf, context, progress.global_step)
 
     def save() -> None:
-        loss_state = {} if loss_state_module is None else loss_state_module.state_dict()
-        _save_checkpoint(run, model, optimizer, loss_state, progress, cfg.batch_size, world_size, cfg.seed)
+        _save_checkpoint(run, model, optimizer, breaking_loss, progress, cfg.batch_size, world_size, cfg.seed)
 
-    device_ids = [device.index] if device.type == "cuda" else None
-    forward_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids) if world_size > 1 else model
+    forward: nn.Module = _StepForward(model)
+    if world_size > 1:
+        forward = nn.parallel.DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
     steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
     validate = cfg.eval_every > 0 and split_exists(cfg.task, cfg.data_root, "val")
     model.train()
@@ -481,7 +544,8 @@ def _train(cfg: TrainConfig, context: _Distributed, on_step: Optional[StepHook])
         with tqdm(loader, total=steps_per_epoch, initial=progress.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                   disable=not context.is_main, dynamic_ncols=True) as bar:
             for batch in bar:
-                loss = _task_loss(forward_model, batch, cfg, device)
+                pairs = None if pair_batches is None else next(pair_batches)
+                loss = _step_loss(forward, batch, pairs, breaking_loss, cfg, device)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from PIL import Image
 from safetensors.torch import load_file
 from test_data import write_toy_lite
 
@@ -102,6 +103,44 @@ def test_resume_after_kill_ends_with_identical_parameters(lite_root, tmp_path):
     for name in expected:
         assert torch.equal(expected[name], resumed[name]), name
     assert _without_time(_log(tmp_path / "killed")) == _without_time(_log(tmp_path / "reference"))
+
+
+def _write_manifest(lite_root: Path, directory: Path) -> Path:
+    """A toy augmentation manifest: one label-preserving image per training image, 3 breaking/partner pairs."""
+    from lowres_vision.augment.cache import file_sha256
+
+    rng = np.random.default_rng(0)
+    entries = []
+    for index, source in enumerate(sorted((lite_root / "circuits" / "data").glob("img_*.png"))[:12]):
+        pixels = np.asarray(Image.open(source), dtype=np.int16) + rng.integers(-8, 9, (32, 32, 3))
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(directory / f"keep{index}.png")
+        entries.append({"key": f"keep{index}", "path": f"keep{index}.png", "kind": "preserving",
+                        "source_sha256": file_sha256(source)})
+    for index in range(3):
+        for kind, key in (("breaking", f"break{index}"), ("partner", f"partner{index}")):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(directory / f"{key}.png")
+            entries.append({"key": key, "path": f"{key}.png", "kind": kind,
+                            **({"partner_of": f"break{index}"} if kind == "partner" else {})})
+    manifest = directory / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    return manifest
+
+
+def test_generated_data_training_resumes_exactly(lite_root, tmp_path):
+    settings = dict(augment_manifest=str(_write_manifest(lite_root, tmp_path)), replace_prob=0.5, bank_batches=2,
+                    checkpoint_every=2)
+    train(_config(lite_root, tmp_path / "reference", **settings))
+    with pytest.raises(Killed):
+        train(_config(lite_root, tmp_path / "killed", **settings), on_step=_kill_at(5))
+    train(_config(lite_root, tmp_path / "killed", resume=True, **settings))
+    expected = load_file(str(tmp_path / "reference" / "trainable.safetensors"))
+    resumed = load_file(str(tmp_path / "killed" / "trainable.safetensors"))
+    assert all(torch.equal(expected[name], resumed[name]) for name in expected)
+    assert _without_time(_log(tmp_path / "killed")) == _without_time(_log(tmp_path / "reference"))
+    without = _config(lite_root, tmp_path / "plain", checkpoint_every=2)
+    train(without)
+    plain = load_file(str(tmp_path / "plain" / "trainable.safetensors"))
+    assert not torch.equal(plain["head.linear.weight"], expected["head.linear.weight"])  # the generated data took part
 
 
 def test_resume_refuses_a_different_batch_size(lite_root, tmp_path):

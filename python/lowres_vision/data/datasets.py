@@ -89,6 +89,8 @@ class EpochSeededDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):  # e.g. AugmentedDataset, whose choices are per epoch too
+            self.dataset.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
