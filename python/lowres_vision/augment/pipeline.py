@@ -31,7 +31,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 def _looks_like_local_path(model: str) -> bool:
     # A hub id is "name" or "owner/name"; anything else (absolute, ./, ~, a/b/c) can only be a path.
-    return model.startswith((".", "/", "~")) or os.sep in model.replace("/", "", 1) or model.count("/") > 1
+    return model.startswith((".", "/", "~", os.sep)) or model.count("/") > 1
 
 
 def load_img2img_pipeline(model: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu", dtype=None):
@@ -102,7 +102,8 @@ def build_tiny_img2img_pipeline(*, seed: int = 0, device: str | torch.device = "
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     device = torch.device(device)
-    return _prepare(pipe.to(dtype=resolve_dtype(dtype, device)), device)
+    dtype = resolve_dtype(dtype, device)
+    return _prepare(pipe if dtype == torch.float32 else pipe.to(dtype=dtype), device)
 
 
 def _prepare(pipe, device: torch.device):
