@@ -176,6 +176,10 @@ def test_build_resumes_after_interruption(tmp_path):
     again = LookupEncoder(captions, 8, seed=0)
     build_caption_index(captions, tmp_path / "index", vlm_encoder=again, text_encoder=text_resumed, batch_size=8)
     assert again.calls == 0
+    # Another index kind re-indexes the stored embeddings without embedding anything again.
+    hnsw = build_caption_index(captions, tmp_path / "index", vlm_encoder=again, text_encoder=text_resumed, batch_size=8, index_kind="hnsw")
+    assert again.calls == 0 and hnsw.meta["index_kind"] == "hnsw"
+    np.testing.assert_array_equal(hnsw.search(VLM_SPACE, reference.embeddings(VLM_SPACE)[:3], k=1)[1].ravel(), [0, 1, 2])
     with pytest.raises(ValueError, match="another fingerprint"):
         build_caption_index(captions[:-1], tmp_path / "index", vlm_encoder=again, text_encoder=text_resumed, batch_size=8)
 

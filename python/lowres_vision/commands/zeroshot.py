@@ -210,8 +210,9 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     if not args.tiny and args.pretrained is None:
         print("zeroshot: no --pretrained given, the model keeps its random initialisation (numbers are meaningless)")
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
-    model, preprocess, vlm_encoder = core.load_vlm(args.model or core.DEFAULT_VLM, args.pretrained, tiny=args.tiny, device=device)
+    model, preprocess, vlm_encoder = core.load_vlm(
+        args.model or core.DEFAULT_VLM, args.pretrained, tiny=args.tiny, seed=args.seed, device=device
+    )
     evaluate = _retrieval if is_retrieval(args.task) else _classification
     results = evaluate(args, model, preprocess, vlm_encoder, device)
     (args.out / "metrics.json").write_text(json.dumps(results, indent=2))

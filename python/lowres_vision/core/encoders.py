@@ -120,22 +120,30 @@ def load_vlm(
     pretrained: str | None = None,
     *,
     tiny: bool = False,
+    seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> tuple[torch.nn.Module, Callable, OpenCLIPTextEncoder]:
     """An open_clip image-text model -> (model, image preprocess, text encoder).
 
     `pretrained` is an open_clip tag ("webli") or a local checkpoint path; None keeps the random
-    initialisation (numbers are then meaningless, which is what offline tests want). `tiny=True`
-    ignores `name` and builds `tiny_clip()` with the default BPE tokenizer.
+    initialisation (numbers are then meaningless, which is what offline tests want), drawn from
+    `seed`. `tiny=True` ignores `name` and builds `tiny_clip()` with the default BPE tokenizer.
+    The text encoder's name identifies the weights (a caption index records it): model and tag,
+    or the seed of a random initialisation.
     """
     import open_clip
 
-    if tiny:
-        model, tokenizer_name, label = tiny_clip(), "ViT-B-16", "tiny-clip"
-        preprocess = open_clip.image_transform(model.visual.image_size, is_train=False)
-    else:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
-        tokenizer_name, label = name, f"{name}:{pretrained}"
+    random_weights = tiny or pretrained is None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if tiny:
+            model, tokenizer_name, label = tiny_clip(), "ViT-B-16", "tiny-clip"
+            preprocess = open_clip.image_transform(model.visual.image_size, is_train=False)
+        else:
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+            tokenizer_name, label = name, f"{name}:{pretrained}"
+    if random_weights:
+        label = f"{label}:random-seed{seed}"
     model = model.to(device).eval()
     text_encoder = OpenCLIPTextEncoder(model, open_clip.get_tokenizer(tokenizer_name), name=f"open_clip:{label}", device=device)
     return model, preprocess, text_encoder

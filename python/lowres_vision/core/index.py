@@ -168,9 +168,12 @@ def build_caption_index(
                     f"build_caption_index: {directory} holds an index built with another {key} "
                     f"({existing.get(key)!r} vs {meta[key]!r}); use a new directory or delete it"
                 )
-        if existing.get("complete"):
-            return CaptionIndex.load(directory)
         meta["dims"] = existing.get("dims", {})
+        if existing.get("complete"):
+            if existing["index_kind"] != meta["index_kind"]:
+                # The embeddings are the expensive part: only the faiss indices are rebuilt.
+                _write_faiss_indices(directory, meta)
+            return CaptionIndex.load(directory)
     else:
         (directory / "captions.txt").write_text("".join(caption + "\n" for caption in captions), encoding="utf-8")
         meta["dims"] = {}
@@ -205,14 +208,18 @@ def build_caption_index(
             _write_json_atomically(progress_path, {"rows_done": start + len(batch)})
             progress.update(len(batch))
 
+    _write_faiss_indices(directory, meta)
+    return CaptionIndex.load(directory)
+
+
+def _write_faiss_indices(directory: Path, meta: dict) -> None:
+    """Indexes the finished embeddings of both spaces with `meta["index_kind"]`, then marks the build complete."""
     import faiss
 
     for space in SPACES:
         index = build_faiss_index(np.load(directory / f"{space}.npy", mmap_mode="r"), meta["index_kind"])
         faiss.write_index(index, str(directory / f"{space}.faiss"))
-    meta["complete"] = True
-    _write_json_atomically(meta_path, meta)
-    return CaptionIndex.load(directory)
+    _write_json_atomically(directory / "meta.json", {**meta, "complete": True})
 
 
 @dataclass
@@ -271,7 +278,9 @@ class CaptionIndex:
 
     def search(self, space: str, queries: torch.Tensor | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-`k` captions by inner product -> (scores [q, k] float32, ids [q, k] int64, -1 where none)."""
-        queries = np.ascontiguousarray(torch.as_tensor(queries, dtype=torch.float32).numpy())
+        if isinstance(queries, torch.Tensor):
+            queries = queries.detach().float().cpu().numpy()
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
         dim = self.dim(space)
         if queries.ndim != 2 or queries.shape[1] != dim:
             raise ValueError(
