@@ -7,9 +7,21 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <string>
 
 namespace lowres {
 namespace {
+
+// Python's spelling ("torch.float32"), so messages read the same from every backend.
+std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return "torch.float64";
+    case at::kFloat: return "torch.float32";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
 
 bool is_supported_float(at::ScalarType t) {
   return t == at::kDouble || t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
@@ -19,9 +31,9 @@ void check_float_like(const char* op, const char* name, const at::Tensor& t, con
                       const at::Tensor& ref) {
   TORCH_CHECK_VALUE(t.defined(), op, ": ", name, " must be a tensor");
   TORCH_CHECK_VALUE(is_supported_float(t.scalar_type()), op, ": ", name,
-                    " must be a floating tensor (float64/32/16, bfloat16), got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(), " but ",
-                    ref_name, " has ", ref.scalar_type(), "; they must match");
+                    " must be a floating tensor (float64/32/16, bfloat16), got ", dtype_name(t.scalar_type()));
+  TORCH_CHECK_VALUE(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", dtype_name(t.scalar_type()), " but ",
+                    ref_name, " has ", dtype_name(ref.scalar_type()), "; they must match");
   TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
               ref.device(), "; they must be on one device");
 }
