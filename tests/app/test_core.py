@@ -320,7 +320,9 @@ def test_zeroshot_command_end_to_end(tmp_path):
     assert metrics["top1"] == pytest.approx(100 * np.mean(logits.argmax(1) == plain["labels"]))
     assert metrics["top5"] == 100.0  # three classes
     assert metrics["alpha"] in [round(0.1 * i, 1) for i in range(1, 11)] and "tuning" in metrics
-    assert len(metrics["class_captions"]["amplifier"]) >= 1
+    # Text->text retrieval runs the real MiniLM over the shipped corpus: each class finds its own captions.
+    for name, word in (("amplifier", "amplifier"), ("LED driver", "LED driver"), ("power supply", "power supply")):
+        assert word in metrics["class_captions"][name][0]
     index = CaptionIndex.load(tmp_path / "core" / "caption_index")
     assert index.dim(TEXT_SPACE) == 384 and index.dim(VLM_SPACE) == 64 and len(index) == metrics["captions"]
     for figure in ("retrieval_examples.png", "tuning.png"):
