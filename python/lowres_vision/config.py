@@ -196,14 +196,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         kind = hints[spec.name]
         if typing.get_origin(kind) is typing.Union:
             kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-        default = None if spec.default is dataclasses.MISSING else spec.default
-        shown = f" (default: {default})" if spec.default is not dataclasses.MISSING else " (required unless in the config file)"
+        shown = "required unless in --config" if spec.default is dataclasses.MISSING else f"default: {spec.default}"
         if kind is bool:
-            group.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=None, help=shown.strip(" ()"))
+            group.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=None, help=shown)
         elif kind is dict:
-            group.add_argument(flag, dest=spec.name, type=_parse_options, default=None, metavar="JSON", help="JSON object or 'none'" + shown)
+            group.add_argument(flag, dest=spec.name, type=_parse_options, default=None, metavar="JSON",
+                               help=f"JSON object of options, or 'none' ({shown})")
         else:
-            group.add_argument(flag, dest=spec.name, type=kind, default=None, metavar=kind.__name__.upper(), help=shown.strip())
+            group.add_argument(flag, dest=spec.name, type=kind, default=None, metavar=kind.__name__.upper(), help=shown)
 
 
 def config_from_args(args: argparse.Namespace, config_path: str | os.PathLike | None = None) -> TrainConfig:

@@ -1,0 +1,44 @@
+"""`lowres-vision eval RUN`: evaluate the trained parameters of a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a trained run on its test (or val) split",
+        description="Rebuilds the model from RUN/config.json, loads RUN/trainable.safetensors, evaluates it and "
+                    "rewrites RUN/metrics.json and RUN/predictions.npz.",
+    )
+    parser.add_argument("run", metavar="RUN", help="run directory written by `lowres-vision train --out RUN`")
+    parser.add_argument("--split", choices=("val", "test"), default=None, help="split to evaluate (default: the run's eval_split)")
+    parser.add_argument("--data-root", default=None, help="where the data is now, if it moved since training")
+    parser.add_argument("--device", default=None, help="'cpu', 'cuda', 'cuda:N' (default: the run's)")
+    parser.add_argument("--eval-batch-size", type=int, default=None, help="images per forward (default: the run's)")
+    parser.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..config import ConfigError, load_config
+    from ..data import DatasetFormatError, ImageReadError
+    from ..training import evaluate
+
+    overrides = {"out": args.run, "eval_split": args.split, "data_root": args.data_root, "device": args.device,
+                 "eval_batch_size": args.eval_batch_size, "resume": False}
+    try:
+        cfg = load_config(Path(args.run) / "config.json", overrides)
+        metrics = evaluate(cfg)
+    except ConfigError as error:
+        print(f"lowres-vision eval: error: {error}", file=sys.stderr)
+        return 2
+    except (DatasetFormatError, ImageReadError, FileNotFoundError) as error:
+        print(f"lowres-vision eval: error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(metrics, indent=2))
+    return 0
