@@ -357,3 +357,13 @@ def test_zeroshot_command_retrieval_task(tmp_path):
     assert metrics["R@5"] == 100.0  # a gallery of three
     assert metrics["beta"] in [round(0.1 * i, 1) for i in range(1, 11)]
     assert (out / "retrieval_examples.png").is_file()
+
+
+def test_prompt_templates():
+    from lowres_vision.core import default_templates, fill_templates
+
+    assert default_templates("circuits") == (("A circuit diagram of a {}.",), "A photo of a {}.")
+    assert default_templates("circuits", "lite") == (("a circuit diagram of {}",), "A photo of a {}.")
+    assert fill_templates(default_templates("circuits", "lite")[0], ["LED", "amplifier"]) == [["a circuit diagram of LED", "a circuit diagram of amplifier"]]
+    with pytest.raises(ValueError, match="exactly one"):
+        fill_templates(["{} and {}"], ["x"])

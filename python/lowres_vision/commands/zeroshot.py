@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. webli) or local checkpoint path")
     model.add_argument("--tiny", action="store_true", help="a tiny randomly initialised CLIP (tests, offline demo)")
     prompts = parser.add_argument_group("prompts")
+    prompts.add_argument("--prompt-style", choices=("core", "lite"), default="core",
+                         help="default zero-shot prompt: paper 001's ('A circuit diagram of a {}.') or the LITE release's ('a circuit diagram of {}')")
     prompts.add_argument("--template", action="append", default=None, help="zero-shot template with one {} (repeatable; templates are averaged)")
     prompts.add_argument("--retrieval-template", default=None, help="template of the class-name -> caption query")
     core = parser.add_argument_group("CoRE")
@@ -97,7 +99,7 @@ def _classification(args, model, preprocess, vlm_encoder, device):
     from lowres_vision.data import load_split
 
     split = load_split(args.task, args.data_root, args.split)
-    default_templates, default_retrieval_template = core.default_templates(args.task)
+    default_templates, default_retrieval_template = core.default_templates(args.task, args.prompt_style)
     templates = args.template or default_templates
     images = _embed_paths(model, split.paths, preprocess, args, device, f"{args.split} images")
     results = {"method": args.method, "task": args.task, "split": args.split, "templates": list(templates)}

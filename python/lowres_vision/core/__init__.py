@@ -13,7 +13,7 @@ from .index import (
     DUPLICATE_COSINE, INDEX_KINDS, SPACES, TEXT_SPACE, VLM_SPACE, CaptionIndex, Retrieved, build_caption_index,
     build_faiss_index, read_captions,
 )
-from .prompts import CORE_TEMPLATES, LITE_TEMPLATES, default_templates, fill_templates
+from .prompts import CORE_TEMPLATES, LITE_TEMPLATES, PROMPT_STYLES, default_templates, fill_templates
 
 DEFAULT_CAPTIONS = "lite_captions.txt"
 
@@ -28,7 +28,7 @@ def default_captions_path():
 __all__ = [
     "CORE_TEMPLATES", "CaptionIndex", "CoRE", "CoREConfig", "DEFAULT_CAPTIONS", "DEFAULT_VLM", "DUPLICATE_COSINE",
     "EnrichedClasses", "EnrichedQueries", "FORMULAS", "HFTextEncoder", "INDEX_KINDS", "LITE_TEMPLATES", "OpenCLIPTextEncoder",
-    "Retrieved", "SPACES", "TEXT_SPACE", "TUNING_GRID", "TextEncoder", "TuningResult", "VLM_SPACE", "build_caption_index", "build_faiss_index",
+    "PROMPT_STYLES", "Retrieved", "SPACES", "TEXT_SPACE", "TUNING_GRID", "TextEncoder", "TuningResult", "VLM_SPACE", "build_caption_index", "build_faiss_index",
     "default_captions_path", "default_templates", "default_text_encoder", "encode_images", "encode_queries",
     "enrich_class_weights", "enrich_queries", "enriched_logits", "fill_templates", "load_vlm", "read_captions", "tiny_clip",
     "tune_alpha_beta", "weighted_caption_embedding", "zero_shot_weights",

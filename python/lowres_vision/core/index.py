@@ -142,7 +142,8 @@ def build_caption_index(
     """Embeds `captions` with both encoders into `directory` and builds the faiss indices.
 
     Re-running on a directory that holds an unfinished build of the same corpus and encoders
-    continues after the last completed batch; on a finished one it only loads it.
+    continues after the last completed batch; a finished one is loaded (and re-indexed from its
+    stored embeddings when another `index_kind` is asked for).
     """
     captions = list(captions)
     if not captions:
@@ -188,7 +189,7 @@ def build_caption_index(
         for start in starts:
             batch = captions[start : start + batch_size]
             for space, encoder in encoders.items():
-                embeddings = encoder.encode(batch).to(torch.float32).numpy()
+                embeddings = encoder.encode(batch).detach().float().cpu().numpy()
                 if embeddings.shape[0] != len(batch):
                     raise ValueError(f"{encoder.name} returned {embeddings.shape[0]} embeddings for {len(batch)} captions")
                 if space not in arrays:

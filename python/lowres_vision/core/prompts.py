@@ -18,9 +18,20 @@ LITE_TEMPLATES = {
 GENERIC_TEMPLATES = (("A photo of a {}.",), "A photo of a {}.")
 
 
-def default_templates(task: str) -> tuple[tuple[str, ...], str]:
-    """(zero-shot templates, retrieval template) for `task`; generic ones for unknown tasks."""
-    return CORE_TEMPLATES.get(task, GENERIC_TEMPLATES)
+PROMPT_STYLES = ("core", "lite")
+
+
+def default_templates(task: str, style: str = "core") -> tuple[tuple[str, ...], str]:
+    """(zero-shot templates, retrieval template) for `task`; generic ones for tasks without their own.
+
+    `style="lite"` swaps in the LITE release's zero-shot prompt and keeps CoRE's retrieval template.
+    """
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
+    templates, retrieval_template = CORE_TEMPLATES.get(task, GENERIC_TEMPLATES)
+    if style == "lite":
+        templates = LITE_TEMPLATES.get(task, templates)
+    return templates, retrieval_template
 
 
 def fill_templates(templates: Sequence[str], class_names: Sequence[str]) -> list[list[str]]:
