@@ -272,6 +272,12 @@ def test_inject_errors_name_the_argument(towers):
         inject(visual, adapter=dict(kind="lora", targets=("w",)))
     with pytest.raises(ValueError, match="open_clip VisionTransformer or a timm VisionTransformer, got Linear"):
         inject(torch.nn.Linear(2, 2))
+    from timm.models.vision_transformer import VisionTransformer
+
+    no_class_token = VisionTransformer(img_size=IMAGE_SIZE, patch_size=14, embed_dim=WIDTH, depth=1, num_heads=4,
+                                       class_token=False, global_pool="avg", num_classes=0)
+    with pytest.raises(ValueError, match="class token"):
+        LowresModel(no_class_token, ClassificationHead(WIDTH, 2))
     inject(visual, tokenization=dict())
     with pytest.raises(ValueError, match="already injected"):
         inject(visual, tokenization=dict())

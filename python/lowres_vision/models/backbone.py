@@ -5,7 +5,8 @@ Names are open_clip model names ("ViT-H-14", "ViT-B-16", ...) or timm model name
 or a local weights file; for timm a truthy tag downloads the default weights and a local path is
 loaded as the model's weights file. With `pretrained=None` the weights stay randomly initialised,
 which is what offline tests and the demo use. `tiny=True` builds a 4-layer, width-64, patch-14
-ViT of the same family in milliseconds.
+ViT of the same family in milliseconds: for open_clip names the name is then ignored, for timm
+names only a "reg<n>" in it counts (n register tokens).
 """
 
 from __future__ import annotations

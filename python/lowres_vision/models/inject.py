@@ -141,7 +141,8 @@ class _Tower:
             self.trunk = visual.transformer
             self.block_type, self.wrapper = ResidualAttentionBlock, OpenClipInjectedBlock
             self.grid = tuple(visual.grid_size)
-            self.num_prefix_tokens = 0 if getattr(visual, "class_embedding", None) is None else 1
+            self.has_class_token = getattr(visual, "class_embedding", None) is not None
+            self.num_prefix_tokens = int(self.has_class_token)
             self.qkv_owner = lambda block: (block.attn, "in_proj_weight")
             self.out_owner = lambda block: (block.attn.out_proj, "weight")
         elif isinstance(visual, TimmViT) or isinstance(trunk, TimmViT):
@@ -151,6 +152,7 @@ class _Tower:
             self.trunk = vit.blocks
             self.block_type, self.wrapper = Block, TimmInjectedBlock
             self.grid = tuple(vit.patch_embed.grid_size)
+            self.has_class_token = vit.cls_token is not None
             self.num_prefix_tokens = vit.num_prefix_tokens
             self.qkv_owner = lambda block: (block.attn.qkv, "weight")
             self.out_owner = lambda block: (block.attn.proj, "weight")

@@ -21,10 +21,13 @@ class LowresModel(nn.Module):
 
     def __init__(self, visual: nn.Module, head: nn.Module) -> None:
         super().__init__()
+        tower = _Tower(visual)
+        if not tower.has_class_token:
+            raise ValueError(f"LowresModel: the heads read the class token, and this {type(visual).__name__} has none")
         self.visual = visual
         self.head = head
         self._tokens = None
-        self._tap = _Tower(visual).trunk.register_forward_hook(self._keep_tokens)
+        self._tap = tower.trunk.register_forward_hook(self._keep_tokens)
 
     def _keep_tokens(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
         self._tokens = output
