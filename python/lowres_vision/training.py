@@ -98,18 +98,21 @@ class _Distributed:
 
 
 def _init_distributed(cfg: TrainConfig) -> _Distributed:
+    """Joins the process group of torchrun (WORLD_SIZE > 1) or of a caller that already made one."""
     device = torch.device(cfg.resolved_device())
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    owns_group = False
-    if dist.is_available() and dist.is_initialized():
-        world_size = dist.get_world_size()
-    elif world_size > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        owns_group = True
+    joined = dist.is_available() and dist.is_initialized()
+    world_size = dist.get_world_size() if joined else int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist.get_rank() % torch.cuda.device_count())))
+        local_rank = os.environ.get("LOCAL_RANK")
+        if local_rank is None and not joined:
+            raise RuntimeError("train: WORLD_SIZE > 1 on CUDA needs LOCAL_RANK (launch with torchrun)")
+        index = int(local_rank) if local_rank is not None else dist.get_rank() % torch.cuda.device_count()
+        device = torch.device("cuda", index)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device)  # before NCCL initialises, so each rank binds its own GPU
+    owns_group = world_size > 1 and not joined
+    if owns_group:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return _Distributed(dist.get_rank() if world_size > 1 else 0, world_size, device, owns_group)
 
 

@@ -110,3 +110,24 @@ def test_dry_run_of_vit_h_is_analytic(tmp_path, capsys):
     rows = {line.split()[0]: line.split() for line in output.splitlines()}
     assert rows["tokenization"][1:4] == ["49", "-", "167.295"]  # fused: costs what the patch conv cost
     assert rows["domain_attention"][1] == "10,251"  # 10 maps of 32 x 32, 10 mixing logits, alpha
+
+
+def test_config_files_and_disabling_a_baseline(tmp_path):
+    from lowres_vision.config import ConfigError, load_config
+
+    settings = {"task": "circuits", "data_root": "LITE", "tokenization": {"pool": "avg"}, "lr": 1}
+    (tmp_path / "run.json").write_text(json.dumps(settings))
+    cfg = load_config(tmp_path / "run.json", {"tokenization": "none", "domain_attention": {}})
+    assert cfg.tokenization is None and cfg.domain_attention == {} and cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    (tmp_path / "broken.toml").write_text("task = ")
+    with pytest.raises(ConfigError, match="broken.toml"):
+        load_config(tmp_path / "broken.toml")
+    with pytest.raises(ConfigError, match="expected a .json or .toml file"):
+        (tmp_path / "run.yaml").write_text("task: circuits")
+        load_config(tmp_path / "run.yaml")
+    with pytest.raises(ConfigError, match="missing required setting"):
+        load_config(None, {"task": "circuits"})
+    with pytest.raises(ConfigError, match="epochs must be int, got '3'"):
+        load_config(None, {**settings, "epochs": "3"})
+    with pytest.raises(ConfigError, match="linear_probe trains the head alone; it cannot be combined with tokenization"):
+        load_config(None, {**settings, "linear_probe": True})
