@@ -289,15 +289,9 @@ def write_tiny_circuits(root, class_names=("amplifier", "LED driver", "power sup
 
 
 def run_zeroshot(*argv):
-    import argparse
+    from lowres_vision.cli import main
 
-    from lowres_vision.commands import zeroshot
-
-    parser = argparse.ArgumentParser()
-    zeroshot.register(parser.add_subparsers())
-    args = parser.parse_args(["zeroshot", *argv])
-    assert args.func(args) == 0
-    return args
+    assert main(["zeroshot", *argv]) == 0
 
 
 def test_zeroshot_command_end_to_end(tmp_path):
