@@ -1,0 +1,130 @@
+"""The drop-in modules and the backend switch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lowres_kernels as lk
+from lowres_kernels.nn import DomainAttention, SubKernelPatchEmbed
+
+
+def patch_conv(dim=8, patch=14, bias=False):
+    torch.manual_seed(0)
+    return nn.Conv2d(3, dim, kernel_size=patch, stride=patch, bias=bias)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_subkernel_patch_embed_wraps_a_frozen_conv(bias):
+    conv = patch_conv(bias=bias)
+    embed = SubKernelPatchEmbed.from_conv(conv, pool="avg", blend=0.5)
+    assert embed.weight is conv.weight and not embed.weight.requires_grad
+    assert [name for name, p in embed.named_parameters() if p.requires_grad] == ["logits"]
+    assert torch.equal(embed.logits, torch.ones(49))  # the release's initialisation
+    x = torch.randn(2, 3, 28, 56)
+    expected = lk.reference.subkernel_tokenize(x, conv.weight, embed.logits, conv.bias, pool="avg", blend=0.5)
+    torch.testing.assert_close(embed(x), expected)
+    # blend = 0 is exactly the frozen conv: the module is a drop-in replacement.
+    identity = SubKernelPatchEmbed.from_conv(conv, blend=0.0)
+    torch.testing.assert_close(identity(x), conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_subkernel_patch_embed_learns_only_the_logits():
+    embed = SubKernelPatchEmbed.from_conv(patch_conv())
+    optimizer = torch.optim.SGD([p for p in embed.parameters() if p.requires_grad], lr=1.0)
+    weight_before = embed.weight.clone()
+    embed(torch.randn(2, 3, 28, 28)).square().mean().backward()
+    optimizer.step()
+    assert torch.equal(embed.weight, weight_before)
+    assert not torch.equal(embed.logits, torch.ones(49))
+    grid = embed.subkernel_weights()
+    assert grid.shape == (7, 7) and torch.isclose(grid.sum(), torch.tensor(1.0))
+
+
+def test_subkernel_patch_embed_follows_the_input_dtype():
+    embed = SubKernelPatchEmbed.from_conv(patch_conv())
+    x = torch.randn(1, 3, 28, 28)
+    out = embed(x.double())
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out.float(), embed(x), atol=1e-5, rtol=1e-5)
+
+
+def test_subkernel_patch_embed_repr_and_state_dict():
+    embed = SubKernelPatchEmbed(3, 16, 14, sub=7, step=1, pool="max", blend=0.5)
+    assert "sub=7, step=1, pool='max', blend=0.5, num_subkernels=49" in repr(embed)
+    assert set(embed.state_dict()) == {"weight", "logits"}
+
+
+@pytest.mark.parametrize(
+    "conv, message",
+    [
+        (nn.Conv2d(3, 8, kernel_size=14, stride=7), "stride = kernel"),
+        (nn.Conv2d(3, 8, kernel_size=14, stride=14, padding=1), "no padding"),
+        (nn.Conv2d(3, 8, kernel_size=(14, 7), stride=(14, 7)), "square kernel"),
+        (nn.Linear(3, 8), "expected an nn.Conv2d"),
+    ],
+)
+def test_subkernel_patch_embed_rejects_what_is_not_a_patch_embedding(conv, message):
+    with pytest.raises(ValueError, match=message):
+        SubKernelPatchEmbed.from_conv(conv)
+
+
+def test_domain_attention_module():
+    torch.manual_seed(0)
+    module = DomainAttention(num_maps=4, grid_size=3, num_prefix_tokens=2)
+    for name in ("maps", "mix_logits", "alpha"):
+        parameter = getattr(module, name)
+        assert parameter.requires_grad and torch.equal(parameter, torch.ones_like(parameter)), name
+    assert module.maps.shape == (4, 6, 6) and module.mix_logits.shape == (4,) and module.alpha.shape == ()
+    proj = nn.Linear(5, 5)
+    v = torch.randn(2, 11, 5)
+    with torch.no_grad():
+        module.alpha.fill_(0.25)
+        module.maps.normal_()
+    expected = 0.25 * proj(lk.reference.domain_attention(v, module.maps, module.mix_logits, num_prefix_tokens=2))
+    torch.testing.assert_close(module(v, proj), expected)
+    torch.testing.assert_close(module(v), 0.25 * lk.reference.domain_attention(v, module.maps, module.mix_logits, num_prefix_tokens=2))
+    module(v, proj).sum().backward()
+    assert all(p.grad is not None for p in module.parameters())
+    assert "num_maps=4, grid_size=3, num_prefix_tokens=2" in repr(module)
+
+
+def test_domain_attention_module_follows_the_input_dtype():
+    module = DomainAttention(num_maps=2, grid_size=2, num_prefix_tokens=1)
+    out = module(torch.randn(1, 5, 3, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+
+
+def test_available_backends_on_cpu():
+    assert {"cpp", "reference"} <= set(lk.available_backends("cpu"))
+    assert "cuda" not in lk.available_backends("cpu")
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_backend_keyword_and_environment_variable_select_the_same_result(backend, monkeypatch):
+    v = torch.randn(2, 5, 3)
+    maps, mix = torch.randn(2, 4, 4), torch.randn(2)
+    by_keyword = lk.domain_attention(v, maps, mix, backend=backend)
+    monkeypatch.setenv("LOWRES_BACKEND", backend)
+    torch.testing.assert_close(lk.domain_attention(v, maps, mix), by_keyword)
+
+
+def test_unknown_or_unavailable_backend_raises(monkeypatch):
+    v, maps, mix = torch.randn(1, 5, 3), torch.randn(1, 4, 4), torch.randn(1)
+    with pytest.raises(ValueError, match=r"unknown backend='fast'"):
+        lk.domain_attention(v, maps, mix, backend="fast")
+    with pytest.raises(RuntimeError, match=r"backend 'cuda' cannot run on cpu tensors"):
+        lk.domain_attention(v, maps, mix, backend="cuda")
+    monkeypatch.setenv("LOWRES_BACKEND", "nope")
+    with pytest.raises(ValueError, match=r"unknown LOWRES_BACKEND='nope'"):
+        lk.domain_attention(v, maps, mix)
+
+
+def test_the_default_backend_on_cpu_is_the_cpp_kernel(monkeypatch):
+    monkeypatch.delenv("LOWRES_BACKEND", raising=False)
+    x = torch.randn(1, 3, 14, 14)
+    weight, logits = torch.randn(4, 3, 14, 14), torch.randn(49)
+    with torch.autograd.profiler.profile() as prof:
+        lk.subkernel_tokenize(x, weight, logits)
+    assert any(e.name == "lowres::subkernel_tokenize_with_indices" for e in prof.function_events)
