@@ -278,9 +278,11 @@ def test_inject_errors_name_the_argument(towers):
                                        class_token=False, global_pool="avg", num_classes=0)
     with pytest.raises(ValueError, match="class token"):
         LowresModel(no_class_token, ClassificationHead(WIDTH, 2))
-    inject(visual, tokenization=dict())
+    inject(visual, tokenization=dict(), adapter=dict(kind="lora"))
     with pytest.raises(ValueError, match="already injected"):
         inject(visual, tokenization=dict())
+    with pytest.raises(ValueError, match="already parametrized"):
+        inject(visual, adapter=dict(kind="lora"))
 
 
 # ----------------------------------------------------------------------------- FLOPs and parameters

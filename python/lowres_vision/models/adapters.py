@@ -89,6 +89,8 @@ def add_lora(module: nn.Module, name: str, rank: int = 8, alpha: float | None = 
     weight = getattr(module, name)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise ValueError(f"add_lora: {type(module).__name__}.{name} must be a 2-d weight, got {getattr(weight, 'shape', weight)}")
+    if parametrize.is_parametrized(module, name):
+        raise ValueError(f"add_lora: {type(module).__name__}.{name} is already parametrized (LoRA injected twice?)")
     lora = LoRA(weight.shape, rank, alpha, num_blocks=num_blocks, targets=targets).to(weight.device, weight.dtype)
     parametrize.register_parametrization(module, name, lora)
     return lora
