@@ -361,3 +361,21 @@ def test_prompt_templates():
     assert fill_templates(default_templates("circuits", "lite")[0], ["LED", "amplifier"]) == [["a circuit diagram of LED", "a circuit diagram of amplifier"]]
     with pytest.raises(ValueError, match="exactly one"):
         fill_templates(["{} and {}"], ["x"])
+
+
+def test_zeroshot_command_symmetric_retrieval_averages_both_directions(tmp_path):
+    from PIL import Image
+
+    directory = tmp_path / "lite" / "mechanical-drawing"
+    (directory / "data").mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for item in range(3):
+        for side in "ab":
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(directory / "data" / f"{item}-{side}.png")
+    (directory / "test.csv").write_text("id\n0\n1\n2\n")
+    out = tmp_path / "run"
+    run_zeroshot("--task", "mechanical-drawing", "--data-root", str(tmp_path / "lite"), "--tiny", "--method", "plain", "--out", str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in ("R@1", "R@5", "mean_rank", "median_rank"):
+        assert metrics[name] == pytest.approx((metrics[f"query_to_gallery/{name}"] + metrics[f"gallery_to_query/{name}"]) / 2)
+    assert metrics["R@5"] == 100.0
