@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -73,5 +74,6 @@ def run_train(args: argparse.Namespace) -> int:
     except (DatasetFormatError, ImageReadError, FileNotFoundError) as error:
         print(f"lowres-vision train: error: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(metrics, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns the metrics; one prints them
+        print(json.dumps(metrics, indent=2))
     return 0
