@@ -144,6 +144,30 @@ def test_subkernel_tokenize_low_precision(dtype, pool):
     check_tokenize("q6-u3-step2", dtype, pool=pool, blend=0.5, check_grads=pool == "avg")
 
 
+@pytest.mark.parametrize("dtype", REDUCED_PRECISION, ids=str)
+def test_subkernel_tokenize_max_pool_low_precision_gradients(dtype):
+    # Inputs whose window maxima stand far apart: a positive kernel and, in each token, one fine
+    # patch raised by 1 over small noise. Rounding cannot move an argmax, so the routed gradients
+    # of both implementations are comparable.
+    (x, weight, logits, bias), options = tokenize_masters("q6-u3-step2")
+    sub, ratio = 3, 2
+    batch, _, height, width = x.shape
+    gen = torch.Generator().manual_seed(1)
+    window = torch.randint(0, ratio * ratio, (batch, 1, height // 6, width // 6), generator=gen)
+    fine_grid = torch.zeros(batch, 1, height // sub, width // sub, dtype=torch.float64)
+    for position in range(ratio * ratio):
+        fine_grid[:, :, position // ratio :: ratio, position % ratio :: ratio] = (window == position).double()
+    bump = fine_grid.repeat_interleave(sub, dim=2).repeat_interleave(sub, dim=3)
+    masters = [0.1 * x + bump, weight.abs(), logits, bias]
+    options.update(pool="max", blend=0.5)
+    check_against_oracle(
+        lambda *t: lk.subkernel_tokenize(*t, **options, backend="triton"),
+        lambda *t: reference.subkernel_tokenize(*t, **options),
+        masters,
+        dtype,
+    )
+
+
 def test_subkernel_tokenize_max_argmax_and_hand_computed_value():
     # One channel, one output channel, q=2, sub=1, step=1, T=4 equal logits: K_eff is the mean of
     # the four kernel entries, so the fine map is x * mean(K) and each token the max of its window.

@@ -94,7 +94,8 @@ def _shared_matmul_kernel(
     for k0 in range(0, N, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < N
-        a = tl.load(a_ptr + rows[:, None] * stride_am + ks[None, :] * stride_ak, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        a_offsets = rows[:, None] * stride_am + ks[None, :] * stride_ak
+        a = tl.load(a_ptr + a_offsets, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         v = tl.load(v_batch + ks[:, None] * Dv + cols[None, :], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         acc = mma(acc, a.to(v.dtype), v, FMA_DOT, WIDEN_DOT)
     out = out_ptr + batch * N * Dv + rows[:, None] * Dv + cols[None, :]
@@ -121,8 +122,10 @@ def _attention_grad_kernel(
         for k0 in range(0, Dv, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             k_ok = ks < Dv
-            g = tl.load(grad_ptr + base + rows[:, None] * Dv + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            vt = tl.load(v_ptr + base + cols[None, :] * Dv + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            g_offsets = base + rows[:, None] * Dv + ks[None, :]
+            g = tl.load(grad_ptr + g_offsets, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            vt_offsets = base + cols[None, :] * Dv + ks[:, None]
+            vt = tl.load(v_ptr + vt_offsets, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
             acc = mma(acc, g, vt, FMA_DOT, WIDEN_DOT)
     out = partial_ptr + (split * N + rows[:, None]).to(tl.int64) * N + cols[None, :]
     tl.store(out, acc, mask=row_ok[:, None] & col_ok[None, :])
@@ -286,7 +289,9 @@ def _backward(grad, v, maps, mix_logits, h: int, num_prefix: int, output_mask):
 
 
 @torch.library.custom_op("lowres_triton::domain_attention", mutates_args=())
-def domain_attention_op(v: torch.Tensor, maps: torch.Tensor, mix_logits: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+def domain_attention_op(
+    v: torch.Tensor, maps: torch.Tensor, mix_logits: torch.Tensor, num_prefix_tokens: int
+) -> torch.Tensor:
     h = check_domain_attention(v, maps, mix_logits, num_prefix_tokens)
     return _forward(v, maps, mix_logits, h, num_prefix_tokens)
 

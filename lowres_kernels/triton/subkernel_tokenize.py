@@ -179,7 +179,7 @@ def _tokenize_input_grad_kernel(
             if HAS_FINE:
                 routed = tl.load(indices_ptr + grad_offsets, mask=grad_mask, other=0).to(tl.int32)
                 kernel = tl.load(fine_ptr + ds[:, None] * fine_k + ks[None, :], mask=kernel_mask, other=0.0)
-                acc = mma(acc, tl.where(routed == w, grad, 0.0), kernel, FMA_DOT, WIDEN_DOT)
+                acc = mma(acc, tl.where(routed == w, grad, tl.zeros_like(grad)), kernel, FMA_DOT, WIDEN_DOT)
             if HAS_PATCH:
                 in_patch = c * PATCH * PATCH + (di * SUB + i) * PATCH + dj * SUB + j
                 kernel = tl.load(patch_ptr + ds[:, None] * patch_k + in_patch[None, :], mask=kernel_mask, other=0.0)
@@ -231,7 +231,7 @@ def _tokenize_kernel_grad_kernel(
                 other=0.0,
             )
             if ROUTED:
-                acc = mma(acc, tl.trans(tl.where(routed == w, grad, 0.0)), a, FMA_DOT, WIDEN_DOT)
+                acc = mma(acc, tl.trans(tl.where(routed == w, grad, tl.zeros_like(grad))), a, FMA_DOT, WIDEN_DOT)
             else:
                 acc = mma(acc, tl.trans(grad), a, FMA_DOT, WIDEN_DOT)
     out = partial_ptr + (split * D + channels[:, None]).to(tl.int64) * kdim + ks[None, :]
@@ -278,7 +278,9 @@ class _Kernels:
     patch: Optional[torch.Tensor]
 
 
-def _make_kernels(weight: torch.Tensor, logits: torch.Tensor, g: SubkernelGeometry, pool: str, blend: float) -> _Kernels:
+def _make_kernels(
+    weight: torch.Tensor, logits: torch.Tensor, g: SubkernelGeometry, pool: str, blend: float
+) -> _Kernels:
     acc = accumulate_dtype(weight.dtype)
     weight = weight.to(acc)
     alpha = torch.softmax(logits.to(acc), dim=0)
