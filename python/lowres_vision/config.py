@@ -14,7 +14,6 @@ import dataclasses
 import difflib
 import json
 import os
-import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +117,10 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
     try:
         if path.suffix.lower() == ".toml":
             with open(path, "rb") as handle:
