@@ -56,7 +56,7 @@ class CMakeBuild(build_ext):
 setup(
     packages=find_packages(include=["lowres_kernels*"]) + find_packages("python", include=["lowres_vision*"]),
     package_dir={"lowres_vision": "python/lowres_vision"},
-    package_data={"lowres_vision": ["data/*.txt", "configs/*.json"]},
+    package_data={"lowres_vision": ["data/captions/*.txt"]},
     ext_modules=[Extension("lowres_kernels._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild},
 )
