@@ -385,6 +385,18 @@ def test_domain_attention_bad_input(v_shape, maps_shape, mix_shape, num_prefix, 
         lk.domain_attention(v, maps, mix_logits, num_prefix_tokens=num_prefix, backend="triton")
 
 
+def test_float64_autotuning_keeps_only_the_smallest_tiles():
+    # FMA multiplication of float64 tiles holds the whole [M, K, N] product: the GPU autotuner
+    # must not try the large tiles for it (the interpreter runs a single config, so check directly).
+    from lowres_kernels.triton._common import prune_for_float64
+
+    configs = triton_st._CONFIGS
+    for dtype, expected in ((torch.float32, configs), (torch.float64, configs[:1])):
+        named_args = {"x_ptr": torch.empty(1, dtype=dtype), "num_tokens": 4}
+        assert prune_for_float64(configs, named_args) == expected
+    assert configs[0].kwargs == {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
+
+
 @pytest.mark.skipif(not GPU, reason="device mismatch needs a GPU")
 def test_tensors_on_two_devices_raise():
     v, maps, mix_logits = attention_inputs(2, 3, 1, torch.float32)
