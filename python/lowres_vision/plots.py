@@ -61,7 +61,7 @@ def plot_domain_attention_maps(maps, mix_logits=None, path: PathLike = "domain_a
         if c >= count:
             continue
         image = ax.imshow(maps[c], cmap="viridis", interpolation="nearest")
-        figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+        figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=7)
         ax.set_title(f"map {c}" + (f"  w={weights[c]:.2f}" if weights is not None else ""), fontsize=9)
     figure.suptitle(title or f"Learned domain-attention maps (C={count}, {maps.shape[1]}x{maps.shape[2]})", fontsize=11)
     return _save(figure, path)
