@@ -63,6 +63,8 @@ def environment(device_type: str, command: str = "") -> dict:
         "cpu": cpu_model(),
         "cpu_threads": torch.get_num_threads(),
         "cpus_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        # Other processes on a shared machine skew absolute times (the same-run ratios less so).
+        "load_average": [round(load, 1) for load in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "triton": triton_version,
@@ -334,9 +336,9 @@ def headline_table(records: list[Record], env: dict) -> list[str]:
     lines = [
         f"{HEADLINE_MODEL}, batch {HEADLINE_BATCH}, forward+backward, on {env['device']} "
         f"({env['cpu_threads']} threads; torch {env['torch']}, triton {env['triton']}); "
-        "peer time / our time, higher is better for us:",
+        "speed-ups are peer time / our time; the floor column is our time / the GEMM floor's:",
         "",
-        "| op | ours | naive | best stock PyTorch | GEMM floor | peak memory ours (naive) |",
+        "| op | ours | vs naive | vs best stock PyTorch | ours / GEMM floor | peak memory ours (naive) |",
         "|---|---|---|---|---|---|",
     ]
     for op in dict.fromkeys(r.op for r in _timed(records)):
@@ -350,7 +352,7 @@ def headline_table(records: list[Record], env: dict) -> list[str]:
             f"| {op} | {format_seconds(ours.median_s)} ({ours.peer}) "
             f"| {format_ratio(naive[0].time_ratio) if naive else '—'} "
             f"| {format_ratio(best.time_ratio) + ' (' + best.record.peer + ')' if best else '—'} "
-            f"| {format_ratio(floor[0].time_ratio) if floor else '—'} "
+            f"| {format_ratio(1 / floor[0].time_ratio) if floor else '—'} "
             f"| {format_bytes(ours.peak_bytes)} ({format_bytes(naive[0].record.peak_bytes) if naive else '—'}) |"
         )
     return lines
@@ -371,7 +373,8 @@ def render_markdown(env: dict, records: list[Record]) -> str:
         "| | |",
         "|---|---|",
         f"| device | {env['device']} ({env['device_type']}) |",
-        f"| CPU | {env['cpu']}, {env['cpu_threads']} torch threads, {env['cpus_allowed']} CPUs allowed |",
+        f"| CPU | {env['cpu']}, {env['cpu_threads']} torch threads, {env['cpus_allowed']} CPUs allowed, "
+        f"load average (1/5/15 min) {env.get('load_average')} |",
         f"| versions | torch {env['torch']} (CUDA {env['cuda']}), triton {env['triton']}, "
         f"lowres_kernels {env['lowres_kernels']}, Python {env['python']} |",
         f"| commit, date | {env['commit']}, {env['date']} |",
