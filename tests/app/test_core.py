@@ -54,7 +54,7 @@ def single_thread():
 
 
 def make_captions(count):
-    return [f"caption number {i}" for i in range(count)]
+    return [f"caption número {i} — ü" for i in range(count)]  # non-ASCII: captions.txt is read by byte offsets
 
 
 def build(tmp_path, captions, *, vlm_dim=8, text_dim=6, **kwargs):
@@ -170,7 +170,7 @@ def test_build_resumes_after_interruption(tmp_path):
     for space in (VLM_SPACE, TEXT_SPACE):
         assert isinstance(index.embeddings(space), np.memmap)
         np.testing.assert_array_equal(index.embeddings(space), reference.embeddings(space))
-    assert index.captions == captions
+    assert list(index.captions) == captions and index.captions[-2:] == captions[-2:] and index.captions[3] == captions[3]
 
     # A finished index is loaded, not rebuilt; another corpus in the same directory is refused.
     again = LookupEncoder(captions, 8, seed=0)

@@ -223,6 +223,27 @@ def _write_faiss_indices(directory: Path, meta: dict) -> None:
     _write_json_atomically(directory / "meta.json", {**meta, "complete": True})
 
 
+class CaptionLines(Sequence[str]):
+    """The captions of an index, decoded on demand from the memory-mapped captions.txt.
+
+    A web-scale corpus (CC12M: 12M captions) would take gigabytes as Python strings; only the
+    line offsets are held in memory.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._data = np.memmap(path, dtype=np.uint8, mode="r")
+        self._ends = np.flatnonzero(self._data == ord("\n"))
+        self._starts = np.concatenate([[0], self._ends[:-1] + 1])
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return bytes(self._data[self._starts[index] : self._ends[index]]).decode("utf-8")
+
+
 @dataclass
 class Retrieved:
     """The captions retrieved for a batch of queries, best first; padding has id -1 and mask False."""
@@ -241,7 +262,7 @@ class Retrieved:
 class CaptionIndex:
     """A finished caption index directory, memory-mapped (see the module docstring)."""
 
-    def __init__(self, directory: Path, meta: dict, captions: list[str], embeddings: dict, indices: dict) -> None:
+    def __init__(self, directory: Path, meta: dict, captions: Sequence[str], embeddings: dict, indices: dict) -> None:
         self.directory, self.meta, self.captions = directory, meta, captions
         self._embeddings, self._indices = embeddings, indices
 
@@ -255,7 +276,7 @@ class CaptionIndex:
         meta = json.loads(meta_path.read_text())
         if not meta.get("complete"):
             raise RuntimeError(f"the caption index in {directory} is unfinished; run build_caption_index again to resume it")
-        captions = (directory / "captions.txt").read_text(encoding="utf-8").splitlines()
+        captions = CaptionLines(directory / "captions.txt")
         embeddings = {space: np.load(directory / f"{space}.npy", mmap_mode="r") for space in SPACES}
         indices = {space: _read_faiss_index(directory / f"{space}.faiss") for space in SPACES}
         for index in indices.values():
