@@ -266,7 +266,8 @@ def render_drawing(part: Part, rng: np.random.Generator) -> Image.Image:
     side = height.max(axis=1) * 100
     draw.polygon(_profile_polygon(front, left, front_base, scale), outline=ink, width=3)
     draw.polygon(_profile_polygon(side, side_left, front_base, scale), outline=ink, width=3)
-    for hx, hy, hr in circles[: len(part.holes)] + ([circles[-1]] if part.boss is not None else []):
+    bore = [circles[-1]] if part.boss is not None else []
+    for hx, hy, hr in list(part.holes) + bore:  # through holes and the boss's bore, seen from the side
         for edge in (-hr, hr):
             fx = left + (hx + edge + 0.5) * 100 * scale
             sx = side_left + (hy + edge + 0.5) * 100 * scale

@@ -154,6 +154,8 @@ def generate(
         raise ValueError(f"tasks: unknown {unknown}; expected a subset of {list(TASKS)}")
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if not 0.0 < scale <= 1.0:
+        raise ValueError(f"scale must be in (0, 1], got {scale}")
     root = Path(root) if root is not None else default_root(seed, scale)
     root.mkdir(parents=True, exist_ok=True)
     settings = {"version": GENERATOR_VERSION, "seed": seed, "scale": scale}
@@ -172,8 +174,7 @@ def generate(
     for task in todo:
         if (root / task).exists():  # a run that was interrupted; the manifest says the folder is ours
             shutil.rmtree(root / task)
-        for name in (f"samples_{task}.png",):
-            (root / name).unlink(missing_ok=True)
+        (root / f"samples_{task}.png").unlink(missing_ok=True)
     manifest["tasks"] = [t for t in manifest["tasks"] if t not in todo]
     _write_manifest(root, manifest)
     if not todo:

@@ -122,7 +122,10 @@ def make_layout(rng: np.random.Generator) -> CityLayout:
 
 
 def _transform(layout: CityLayout, matrix: np.ndarray, shift: np.ndarray) -> CityLayout:
-    move = lambda p: None if p is None else (p - 0.5) @ matrix.T + 0.5 + shift  # noqa: E731
+    """The layout under p -> matrix (p - c) + c + shift, c the image centre (a similarity transform)."""
+    def move(points: np.ndarray | None) -> np.ndarray | None:
+        return None if points is None else (points - 0.5) @ matrix.T + 0.5 + shift
+
     scale = math.sqrt(abs(np.linalg.det(matrix)))
     return CityLayout(
         roads=[Road(move(r.points), r.width * scale, r.major, r.on_map, r.on_satellite) for r in layout.roads],
@@ -215,7 +218,7 @@ def render_old_map(layout: CityLayout, style: int, rng: np.random.Generator) -> 
     ripple = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), paper)
     ripple_draw = ImageDraw.Draw(ripple)
     for y in range(0, IMAGE_SIZE, 3 if style % NUM_MAP_STYLES in (0, 2) else 5):
-        ripple_draw.line([(0, y), (IMAGE_SIZE, y)], fill=ink if spec["water"] is None else spec["ink"], width=1)
+        ripple_draw.line([(0, y), (IMAGE_SIZE, y)], fill=ink, width=1)
     if spec["hatch"] or spec["water"] is None:
         image.paste(ripple, mask=water_mask.point(lambda v: v // 2))
     edge = water_mask.filter(ImageFilter.FIND_EDGES)
