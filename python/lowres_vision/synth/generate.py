@@ -194,7 +194,8 @@ def generate(
                 for _ in pool.map(_run, jobs, chunksize=8):
                     bar.update()
     for task in todo:
-        sample_grid(root, task).save(root / f"samples_{task}.png", optimize=True)
+        # A 256-colour palette keeps the README figures small (the map textures are noisy).
+        sample_grid(root, task).convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(root / f"samples_{task}.png", optimize=True)
         manifest["tasks"].append(task)
         _write_manifest(root, manifest)
     return root
@@ -217,7 +218,10 @@ def sample_grid(root: str | os.PathLike, task: str, *, columns: int = 4, thumb: 
         half = len(circuits.KEY_SYMBOLS)
         # Pairs (c, c + 16): the same key symbol in opposite polarity.
         labels = [label for base in range(columns) for label in (base, base + half) if label in first_of_label][: 2 * columns]
-        cells = [(root / task / "data" / first_of_label[label], names[str(label)]) for label in labels]
+        cells = []
+        for label in labels:
+            symbol, reverse = circuits.class_key(label)
+            cells.append((root / task / "data" / first_of_label[label], f"{names[str(label)]}\nkey: {symbol}{' (reversed)' if reverse else ''}"))
         cells = cells[0::2] + cells[1::2]  # first row c, second row c + 16
     elif task == "historic-maps":
         rows = _read_rows(root / task / "train.csv")[:columns]
@@ -229,7 +233,7 @@ def sample_grid(root: str | os.PathLike, task: str, *, columns: int = 4, thumb: 
         cells = [(folder / f"{i}-a.png", f"drawing {i}") for i in ids] + [(folder / f"{i}-b.png", f"render {i}") for i in ids]
     else:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    caption = 16
+    caption = 28  # two lines
     columns = max(1, min(columns, (len(cells) + 1) // 2))
     rows_count = (len(cells) + columns - 1) // columns
     grid = Image.new("RGB", (columns * (thumb + 4) + 4, rows_count * (thumb + caption + 4) + 4), (255, 255, 255))
