@@ -1,62 +1,36 @@
 // CPU kernels of domain_attention (SPEC §2).
 //
-// Forward: one mixed attention matrix P [N, N] = sum_c softmax(r)_c softmax(A_c) is gathered
-// from the maps (A_c is Toeplitz: it depends on k - i, l - j only), then out = P @ v for the
-// whole batch with one BLAS call. Backward: dv = P^T @ g; dP = sum_b g_b v_b^T; the softmax
-// Jacobian per map row gives dA_c, and dM_c is the sum of dA_c along its diagonals, gathered
-// per output row (no atomics, deterministic).
+// Forward: every map's patch-row logits are gathered from the maps (A_c is Toeplitz: it depends
+// on k - i, l - j only), softmaxed by ATen's vectorised kernel and mixed into one attention
+// matrix P [N, N] = sum_c softmax(r)_c softmax(A_c); then out = P @ v for the whole batch with
+// BLAS. Backward: dv = P^T @ g; dP = sum_b g_b v_b^T; the softmax Jacobian per map row gives
+// dA_c, and dM_c is the sum of dA_c along its diagonals, gathered per output row of dM (no
+// atomics, deterministic).
 #include "lowres.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
-#include <cmath>
-#include <limits>
-#include <vector>
+#include <algorithm>
 
 namespace lowres {
 namespace {
 
-// Writes exp(logit - max) of one patch row of map c into `row` (length N) and returns their sum.
-// Prefix columns have logit 0; patch column (k, l) has logit map[h - i + k, h - j + l].
+// logits[c, (i, j), :] of every patch row of every map: 0 on the prefix columns, and on patch
+// column (k, l) the Toeplitz entry map_c[h - i + k, h - j + l] (each crop row is a contiguous copy).
 template <typename T>
-T exp_row(const T* map, int64_t h, int64_t num_prefix, int64_t i, int64_t j, T* row) {
-  using V = at::vec::Vectorized<T>;
-  const int64_t side = 2 * h;
-  T row_max = num_prefix > 0 ? T(0) : -std::numeric_limits<T>::infinity();
-  for (int64_t k = 0; k < h; ++k) {
-    const T* src = map + (h - i + k) * side + (h - j);
-    const T m = at::vec::reduce_all<T>([](V a, V b) { return at::vec::maximum(a, b); }, src, h);
-    // Written so that a NaN logit propagates instead of being skipped.
-    row_max = (m > row_max || m != m) ? m : row_max;
-  }
-  const T prefix_value = std::exp(-row_max);
-  for (int64_t p = 0; p < num_prefix; ++p) row[p] = prefix_value;
-  for (int64_t k = 0; k < h; ++k) {
-    const T* src = map + (h - i + k) * side + (h - j);
-    at::vec::map([row_max](V a) { return (a - V(row_max)).exp(); }, row + num_prefix + k * h, src, h);
-  }
-  return at::vec::reduce_all<T>([](V a, V b) { return a + b; }, row, num_prefix + h * h);
-}
-
-// P [N, N] from the maps [C, 2h, 2h] and the mixing weights pi [C].
-template <typename T>
-void build_mixed_attention(const T* maps, const T* pi, T* P, int64_t num_maps, int64_t h, int64_t num_prefix) {
-  using V = at::vec::Vectorized<T>;
-  const int64_t N = num_prefix + h * h, map_size = 4 * h * h;
-  std::fill(P, P + num_prefix * N, T(1) / T(N));  // prefix rows: softmax over zeros
-  at::parallel_for(0, h * h, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> row(N);
-    for (int64_t r = begin; r < end; ++r) {
-      T* out = P + (num_prefix + r) * N;
-      std::fill(out, out + N, T(0));
-      for (int64_t c = 0; c < num_maps; ++c) {
-        const T scale = pi[c] / exp_row(maps + c * map_size, h, num_prefix, r / h, r % h, row.data());
-        at::vec::map2([scale](V o, V e) { return o + e * V(scale); }, out, out, row.data(), N);
+void gather_patch_logits(const T* maps, T* logits, int64_t num_maps, int64_t h, int64_t num_prefix) {
+  const int64_t N = num_prefix + h * h, hh = h * h, side = 2 * h;
+  at::parallel_for(0, num_maps * hh, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t cr = begin; cr < end; ++cr) {
+      const int64_t c = cr / hh, i = (cr % hh) / h, j = cr % h;
+      T* out = logits + cr * N;
+      std::fill(out, out + num_prefix, T(0));
+      for (int64_t k = 0; k < h; ++k) {
+        const T* src = maps + c * side * side + (h - i + k) * side + (h - j);
+        std::copy(src, src + h, out + num_prefix + k * h);
       }
     }
   });
@@ -70,18 +44,27 @@ void check_cpu(const at::Tensor& v) {
   TORCH_CHECK(v.device().is_cpu(), "domain_attention: the CPU kernel got v on ", v.device());
 }
 
-// pi = softmax(mix_logits) and P, in the accumulation dtype.
-std::pair<at::Tensor, at::Tensor> mixed_attention(const at::Tensor& maps, const at::Tensor& mix_logits, int64_t h,
-                                                  int64_t num_prefix, at::ScalarType acc) {
-  const int64_t N = num_prefix + h * h;
-  at::Tensor maps_acc = maps.to(acc).contiguous();
-  at::Tensor pi = at::softmax(mix_logits.to(acc), 0).contiguous();
-  at::Tensor P = at::empty({N, N}, maps_acc.options());
-  AT_DISPATCH_FLOATING_TYPES(acc, "domain_attention_cpu_build", [&] {
-    build_mixed_attention<scalar_t>(maps_acc.data_ptr<scalar_t>(), pi.data_ptr<scalar_t>(), P.data_ptr<scalar_t>(),
-                                    maps.size(0), h, num_prefix);
+// What the forward and the backward both need, in the accumulation dtype: the mixing weights
+// pi [C], every map's softmaxed patch rows S [C, h*h, N] and the mixed matrix P [N, N].
+struct MixedAttention {
+  at::Tensor pi, rows, P;
+};
+
+MixedAttention mixed_attention(const at::Tensor& maps, const at::Tensor& mix_logits, int64_t h, int64_t num_prefix,
+                               at::ScalarType acc) {
+  const int64_t C = maps.size(0), hh = h * h, N = num_prefix + hh;
+  const at::Tensor maps_acc = maps.to(acc).contiguous();
+  at::Tensor logits = at::empty({C, hh, N}, maps_acc.options());
+  AT_DISPATCH_FLOATING_TYPES(acc, "domain_attention_cpu_gather", [&] {
+    gather_patch_logits<scalar_t>(maps_acc.data_ptr<scalar_t>(), logits.data_ptr<scalar_t>(), C, h, num_prefix);
   });
-  return {pi, P};
+  MixedAttention m;
+  m.pi = at::softmax(mix_logits.to(acc), 0);
+  m.rows = at::softmax(logits, -1);  // ATen's vectorised softmax; NaN and inf behave as in torch.softmax
+  m.P = at::empty({N, N}, maps_acc.options());
+  m.P.narrow(0, 0, num_prefix).fill_(1.0 / static_cast<double>(N));  // prefix rows: softmax over zeros
+  m.P.narrow(0, num_prefix, hh).view({1, hh * N}).copy_(at::matmul(m.pi.unsqueeze(0), m.rows.view({C, hh * N})));
+  return m;
 }
 
 at::Tensor domain_attention_cpu(const at::Tensor& v, const at::Tensor& maps, const at::Tensor& mix_logits,
@@ -90,33 +73,8 @@ at::Tensor domain_attention_cpu(const at::Tensor& v, const at::Tensor& maps, con
   check_cpu(v);
   if (v.numel() == 0) return at::empty_like(v, at::MemoryFormat::Contiguous);
   const auto acc = accumulate_type(v);
-  at::Tensor P = mixed_attention(maps, mix_logits, h, num_prefix_tokens, acc).second;
-  return at::matmul(P, v.to(acc)).to(v.scalar_type());
-}
-
-// dA[c, row, col] = S (pi_c dP - <pi_c dP, S>) on the patch columns of every patch row, and
-// dpi_rows[c, row] = <dP_row, S_row>, where S is softmax(A_c) recomputed row by row.
-template <typename T>
-void softmax_backward_rows(const T* maps, const T* pi, const T* dP, T* dA, T* dpi_rows, int64_t num_maps, int64_t h,
-                           int64_t num_prefix) {
-  using V = at::vec::Vectorized<T>;
-  const int64_t N = num_prefix + h * h, hh = h * h, map_size = 4 * h * h;
-  at::parallel_for(0, num_maps * hh, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> s(N);
-    for (int64_t cr = begin; cr < end; ++cr) {
-      const int64_t c = cr / hh, r = cr % hh;
-      const T inv_sum = T(1) / exp_row(maps + c * map_size, h, num_prefix, r / h, r % h, s.data());
-      at::vec::map([inv_sum](V a) { return a * V(inv_sum); }, s.data(), s.data(), N);
-      const T* dp = dP + (num_prefix + r) * N;
-      const T dot = at::vec::map2_reduce_all<T>([](V a, V b) { return a * b; }, [](V a, V b) { return a + b; },
-                                                dp, s.data(), N);
-      dpi_rows[cr] = dot;
-      // dS = pi_c dP, so <dS, S> = pi_c <dP, S>.
-      const T p = pi[c];
-      at::vec::map2([p, dot](V sv, V g) { return sv * (g - V(dot)) * V(p); }, dA + cr * hh, s.data() + num_prefix,
-                    dp + num_prefix, hh);
-    }
-  });
+  const MixedAttention m = mixed_attention(maps, mix_logits, h, num_prefix_tokens, acc);
+  return at::matmul(m.P, v.to(acc)).to(v.scalar_type());
 }
 
 // dM[c, y, x] = sum over (i, j) of dA[c, (i, j), (i + y - h, j + x - h)], one output row per task.
@@ -151,31 +109,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> domain_attention_backward_cpu(
                     " but v has ", v.sizes());
   const auto acc = accumulate_type(v);
   const int64_t N = v.size(1), C = maps.size(0);
-  auto [pi, P] = mixed_attention(maps, mix_logits, h, num_prefix_tokens, acc);
-  at::Tensor g = grad.to(acc);
+  const MixedAttention m = mixed_attention(maps, mix_logits, h, num_prefix_tokens, acc);
+  const at::Tensor g = grad.to(acc);
 
   at::Tensor grad_v = not_requested(v), grad_maps = not_requested(maps), grad_mix = not_requested(mix_logits);
-  if (output_mask[0]) grad_v = at::matmul(P.t(), g).to(v.scalar_type());
+  if (output_mask[0]) grad_v = at::matmul(m.P.t(), g).to(v.scalar_type());
   if (!output_mask[1] && !output_mask[2]) return {grad_v, grad_maps, grad_mix};
 
-  at::Tensor dP = at::zeros({N, N}, P.options());
-  at::Tensor va = v.to(acc);
+  // dP = sum_b g_b v_b^T: one GEMM per image, accumulated in place.
+  at::Tensor dP = at::zeros({N, N}, m.P.options());
+  const at::Tensor va = v.to(acc);
   for (int64_t b = 0; b < v.size(0); ++b) dP.addmm_(g[b], va[b].t());
-  at::Tensor maps_acc = maps.to(acc).contiguous();
-  at::Tensor dA = at::empty({C, h * h, h * h}, P.options());
-  at::Tensor dpi_rows = at::empty({C, h * h}, P.options());
-  at::Tensor dmaps = at::empty({C, 2 * h, 2 * h}, P.options());
-  AT_DISPATCH_FLOATING_TYPES(acc, "domain_attention_cpu_backward", [&] {
-    softmax_backward_rows<scalar_t>(maps_acc.data_ptr<scalar_t>(), pi.data_ptr<scalar_t>(), dP.data_ptr<scalar_t>(),
-                                    dA.data_ptr<scalar_t>(), dpi_rows.data_ptr<scalar_t>(), C, h, num_prefix_tokens);
-    if (output_mask[1]) gather_diagonals<scalar_t>(dA.data_ptr<scalar_t>(), dmaps.data_ptr<scalar_t>(), C, h);
-  });
-  if (output_mask[1]) grad_maps = dmaps.to(maps.scalar_type());
+  // Softmax Jacobian per map row: with dS_c = pi_c dP, dA_c = S_c (dS_c - <dS_c, S_c>).
+  const at::Tensor dP_rows = dP.narrow(0, num_prefix_tokens, h * h);  // prefix rows do not depend on the maps
+  const at::Tensor row_dots = (m.rows * dP_rows).sum(-1);          // <dP_row, S_c row>: [C, h*h]
+  if (output_mask[1]) {
+    const at::Tensor dA = (m.rows.narrow(2, num_prefix_tokens, h * h) *
+                           (dP_rows.narrow(1, num_prefix_tokens, h * h) - row_dots.unsqueeze(-1)) *
+                           m.pi.view({C, 1, 1}))
+                              .contiguous();
+    at::Tensor dmaps = at::empty({C, 2 * h, 2 * h}, m.P.options());
+    AT_DISPATCH_FLOATING_TYPES(acc, "domain_attention_cpu_backward", [&] {
+      gather_diagonals<scalar_t>(dA.data_ptr<scalar_t>(), dmaps.data_ptr<scalar_t>(), C, h);
+    });
+    grad_maps = dmaps.to(maps.scalar_type());
+  }
   if (output_mask[2]) {
     // Prefix rows are the same uniform row for every map: they shift every dpi_c by one constant,
     // which the softmax Jacobian below cancels, so they are left out.
-    at::Tensor dpi = dpi_rows.sum(1);
-    grad_mix = (pi * (dpi - (pi * dpi).sum())).to(mix_logits.scalar_type());
+    const at::Tensor dpi = row_dots.sum(1);
+    grad_mix = (m.pi * (dpi - (m.pi * dpi).sum())).to(mix_logits.scalar_type());
   }
   return {grad_v, grad_maps, grad_mix};
 }
