@@ -1,7 +1,8 @@
 // CPU kernels of subkernel_tokenize (SPEC §1).
 //
 // Everything before the pool is linear in x, so the T sub-kernel convolutions are one u x u,
-// stride-u convolution with the combined kernel K_eff = sum_t softmax(w)_t k_t. The image is
+// stride-u convolution with the combined kernel K_eff = sum_t softmax(w)_t k_t (itself one
+// small GEMM of the kernel with a mixing matrix). The image is
 // processed in tiles of token rows: each tile is an implicit-im2col GEMM (BLAS) whose output
 // [D, fine pixels of the tile] is max-pooled straight into the tokens, so the fine map never
 // exists in full and no per-sub-kernel tensor ever exists. With pool="avg" the pooled combined
@@ -24,70 +25,57 @@ at::ScalarType accumulate_type(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// Token rows per tile: enough fine pixels for an efficient GEMM, few enough to stay in cache.
-int64_t tile_rows(const SubkernelGeometry& g) {
-  const int64_t fine_pixels_per_row = g.ratio * g.fine_w * g.ratio;
-  return std::clamp<int64_t>(512 / std::max<int64_t>(fine_pixels_per_row, 1), 1, g.grid_h);
+// Token rows per tile: at least `min_fine` fine pixels (max pooling) and `min_tokens` tokens per
+// tile, so that each tile's GEMMs are efficient -- the weight-gradient GEMMs reduce over the tile,
+// and a short reduction spends its time re-reading the accumulator -- but enough tiles to keep
+// every thread busy.
+int64_t tile_rows(const SubkernelGeometry& g, int64_t min_fine, int64_t min_tokens) {
+  const auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / std::max<int64_t>(b, 1); };
+  int64_t rows = ceil_div(min_tokens, g.grid_w);
+  if (g.pool == Pool::Max) rows = std::max(rows, ceil_div(min_fine, g.ratio * g.fine_w));
+  const int64_t balanced = ceil_div(g.batch * g.grid_h, at::get_num_threads());
+  return std::clamp<int64_t>(std::min(rows, balanced), 1, g.grid_h);
 }
 
-// K_eff[dc, i, j] = sum_{a,b} alpha[a n + b] K[dc, a step + i, b step + j] (zero past the kernel edge).
+// The combination of the T sub-kernels is linear in the kernel: K_eff = K [DC, q q] @ M [q q, u u]
+// with M[(a step + i, b step + j), (i, j)] = alpha[a n + b] (no entry past the kernel edge; each
+// (row, column) of M gets at most one alpha). As a GEMM it runs at BLAS speed, and its adjoint
+// gives both dK = dK_eff @ M^T and dalpha (see alpha_gradient).
 template <typename T>
-void combine_subkernels(const SubkernelGeometry& g, const T* K, const T* alpha, T* keff) {
+void fill_mixing_matrix(const SubkernelGeometry& g, const T* alpha, T* M) {
   const int64_t q = g.patch, u = g.sub, n = g.per_side;
-  at::parallel_for(0, g.dim * g.channels, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t dc = begin; dc < end; ++dc) {
-      const T* k = K + dc * q * q;
-      T* out = keff + dc * u * u;
-      std::fill(out, out + u * u, T(0));
-      for (int64_t a = 0; a < n; ++a) {
-        for (int64_t b = 0; b < n; ++b) {
-          const T w = alpha[a * n + b];
-          for (int64_t i = 0; i < u && a * g.step + i < q; ++i) {
-            const T* src = k + (a * g.step + i) * q + b * g.step;
-            const int64_t cols = std::min(u, q - b * g.step);
-            for (int64_t j = 0; j < cols; ++j) out[i * u + j] += w * src[j];
-          }
-        }
-      }
-    }
-  });
+  std::fill(M, M + q * q * u * u, T(0));
+  for (int64_t a = 0; a < n; ++a)
+    for (int64_t b = 0; b < n; ++b)
+      for (int64_t i = 0; i < u && a * g.step + i < q; ++i)
+        for (int64_t j = 0; j < u && b * g.step + j < q; ++j)
+          M[((a * g.step + i) * q + b * g.step + j) * u * u + i * u + j] = alpha[a * n + b];
 }
 
-// The adjoint of combine_subkernels: dalpha[t] = <dK_eff, k_t>, and (when dK is given)
-// dK[dc, a step + i, b step + j] += alpha[t] dK_eff[dc, i, j].
-template <typename T>
-void combine_subkernels_backward(const SubkernelGeometry& g, const T* K, const T* alpha, const T* dkeff, T* dalpha,
-                                 T* dK) {
-  const int64_t q = g.patch, u = g.sub, n = g.per_side, T_ = n * n;
-  const int64_t threads = at::get_num_threads();
-  std::vector<T> partial(threads * T_, T(0));
-  at::parallel_for(0, g.dim * g.channels, 16, [&](int64_t begin, int64_t end) {
-    T* mine = partial.data() + at::get_thread_num() * T_;
-    for (int64_t dc = begin; dc < end; ++dc) {
-      const T* k = K + dc * q * q;
-      const T* dk = dkeff + dc * u * u;
-      for (int64_t a = 0; a < n; ++a) {
-        for (int64_t b = 0; b < n; ++b) {
-          const int64_t t = a * n + b, cols = std::min(u, q - b * g.step);
-          T acc = 0;
-          for (int64_t i = 0; i < u && a * g.step + i < q; ++i) {
-            const int64_t offset = (a * g.step + i) * q + b * g.step;
-            for (int64_t j = 0; j < cols; ++j) acc += dk[i * u + j] * k[offset + j];
-            if (dK != nullptr) {
-              T* dst = dK + dc * q * q + offset;
-              for (int64_t j = 0; j < cols; ++j) dst[j] += alpha[t] * dk[i * u + j];
-            }
-          }
-          mine[t] += acc;
-        }
-      }
-    }
+at::Tensor mixing_matrix(const SubkernelGeometry& g, const at::Tensor& alpha) {
+  at::Tensor M = at::empty({g.patch * g.patch, g.sub * g.sub}, alpha.options());
+  AT_DISPATCH_FLOATING_TYPES(alpha.scalar_type(), "subkernel_mixing_matrix", [&] {
+    fill_mixing_matrix<scalar_t>(g, alpha.data_ptr<scalar_t>(), M.data_ptr<scalar_t>());
   });
-  for (int64_t t = 0; t < T_; ++t) {
-    T sum = 0;
-    for (int64_t th = 0; th < threads; ++th) sum += partial[th * T_ + t];
-    dalpha[t] = sum;
-  }
+  return M;
+}
+
+// dalpha[a n + b] = <dK_eff, k_ab> = sum_{i,j} G[(a step + i, b step + j), (i, j)] with
+// G = K^T [q q, DC] @ dK_eff [DC, u u]: the adjoint of M's construction after one GEMM.
+at::Tensor alpha_gradient(const SubkernelGeometry& g, const at::Tensor& weight, const at::Tensor& keff_grad) {
+  const int64_t q = g.patch, u = g.sub, n = g.per_side;
+  const at::Tensor G = at::mm(weight.view({-1, q * q}).t(), keff_grad.view({-1, u * u})).contiguous();
+  at::Tensor dalpha = at::zeros({n * n}, G.options());
+  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "subkernel_alpha_gradient", [&] {
+    const scalar_t* gp = G.data_ptr<scalar_t>();
+    scalar_t* out = dalpha.data_ptr<scalar_t>();
+    for (int64_t a = 0; a < n; ++a)
+      for (int64_t b = 0; b < n; ++b)
+        for (int64_t i = 0; i < u && a * g.step + i < q; ++i)
+          for (int64_t j = 0; j < u && b * g.step + j < q; ++j)
+            out[a * n + b] += gp[((a * g.step + i) * q + b * g.step + j) * u * u + i * u + j];
+  });
+  return dalpha;
 }
 
 // One tile: token rows [row0, row0 + rows) of image b.
@@ -182,7 +170,7 @@ at::Tensor scratch(const at::Tensor& buffer, int64_t rows, int64_t cols) {
 //   patch [D, C q q]: (1 - blend) K for max pooling with blend != 1, or for avg pooling the
 //                     whole op folded into one kernel; undefined when unused.
 struct Kernels {
-  at::Tensor alpha, weight, fine, patch;
+  at::Tensor alpha, mixing, weight, fine, patch;
 };
 
 Kernels make_kernels(const SubkernelGeometry& g, const at::Tensor& weight, const at::Tensor& logits,
@@ -190,14 +178,11 @@ Kernels make_kernels(const SubkernelGeometry& g, const at::Tensor& weight, const
   Kernels k;
   k.weight = weight.to(acc).contiguous();
   k.alpha = at::softmax(logits.to(acc), 0).contiguous();
+  k.mixing = mixing_matrix(g, k.alpha);
   const bool need_combined = g.blend != 0.0;
   at::Tensor keff;
   if (need_combined) {
-    keff = at::empty({g.dim, g.channels * g.sub * g.sub}, k.weight.options());
-    AT_DISPATCH_FLOATING_TYPES(acc, "subkernel_tokenize_cpu_combine", [&] {
-      combine_subkernels<scalar_t>(g, k.weight.data_ptr<scalar_t>(), k.alpha.data_ptr<scalar_t>(),
-                                   keff.data_ptr<scalar_t>());
-    });
+    keff = at::mm(k.weight.view({g.dim * g.channels, -1}), k.mixing).view({g.dim, -1});
   }
   const at::Tensor weight_flat = k.weight.view({g.dim, -1});
   if (g.pool == Pool::Max) {
@@ -218,10 +203,43 @@ Kernels make_kernels(const SubkernelGeometry& g, const at::Tensor& weight, const
   return k;
 }
 
+// Max over each r x r window of r fine rows (row stride fw) for one token row: the value and the
+// window index of the first maximum. Branch-free so it vectorises; a NaN wins and then stays, as
+// in max_pool2d.
+template <typename T, int64_t R>
+void max_pool_row_fixed(int64_t r_runtime, const T* fine, int64_t fw, int64_t gw, T* best_out, uint8_t* arg_out) {
+  const int64_t r = R > 0 ? R : r_runtime;
+  for (int64_t J = 0; J < gw; ++J) {
+    const T* window = fine + J * r;
+    T best = window[0];
+    uint8_t arg = 0;
+    for (int64_t di = 0; di < r; ++di) {
+      for (int64_t dj = 0; dj < r; ++dj) {
+        const T candidate = window[di * fw + dj];
+        const bool take = candidate > best || (candidate != candidate && best == best);
+        best = take ? candidate : best;
+        arg = take ? static_cast<uint8_t>(di * r + dj) : arg;
+      }
+    }
+    best_out[J] = best;
+    arg_out[J] = arg;
+  }
+}
+
+template <typename T>
+void max_pool_row(int64_t r, const T* fine, int64_t fw, int64_t gw, T* best_out, uint8_t* arg_out) {
+  switch (r) {  // the common windows get fully unrolled loops
+    case 1: return max_pool_row_fixed<T, 1>(r, fine, fw, gw, best_out, arg_out);
+    case 2: return max_pool_row_fixed<T, 2>(r, fine, fw, gw, best_out, arg_out);
+    case 4: return max_pool_row_fixed<T, 4>(r, fine, fw, gw, best_out, arg_out);
+    default: return max_pool_row_fixed<T, 0>(r, fine, fw, gw, best_out, arg_out);
+  }
+}
+
 template <typename T>
 void forward_tiles(const SubkernelGeometry& g, const Kernels& k, const at::Tensor& x, const at::Tensor& bias,
                    at::Tensor& out, at::Tensor& indices) {
-  const int64_t rows_per_tile = tile_rows(g);
+  const int64_t rows_per_tile = tile_rows(g, /*min_fine=*/512, /*min_tokens=*/64);
   const int64_t tiles = g.batch * ((g.grid_h + rows_per_tile - 1) / rows_per_tile);
   const int64_t fine_k = g.channels * g.sub * g.sub, patch_k = g.channels * g.patch * g.patch;
   const int64_t max_fine_cols = rows_per_tile * g.ratio * g.fine_w, max_tokens = rows_per_tile * g.grid_w;
@@ -259,29 +277,16 @@ void forward_tiles(const SubkernelGeometry& g, const Kernels& k, const at::Tenso
       const T* pp = k.patch.defined() ? pout.data_ptr<T>() : nullptr;
       const T blend = static_cast<T>(g.blend);
       for (int64_t d = 0; d < D; ++d) {
+        const T bias_d = bp != nullptr ? bp[d] : T(0);
         const int64_t out_base = ((t.b * D + d) * g.grid_h + t.row0) * gw;
         for (int64_t I = 0; I < t.rows; ++I) {
-          for (int64_t J = 0; J < gw; ++J) {
-            T value = bp != nullptr ? bp[d] : T(0);
-            if (fp != nullptr) {
-              const T* window = fp + d * fine_cols + (I * r) * fw + J * r;
-              T best = window[0];
-              int64_t arg = 0;
-              for (int64_t di = 0; di < r; ++di) {
-                for (int64_t dj = 0; dj < r; ++dj) {
-                  const T candidate = window[di * fw + dj];
-                  if (candidate > best || candidate != candidate) {  // NaN wins, as in max_pool2d
-                    if (best != best) continue;
-                    best = candidate;
-                    arg = di * r + dj;
-                  }
-                }
-              }
-              value += blend * best;
-              ip[out_base + I * gw + J] = static_cast<uint8_t>(arg);
-            }
-            if (pp != nullptr) value += pp[d * tokens + I * gw + J];
-            op[out_base + I * gw + J] = value;
+          T* orow = op + out_base + I * gw;
+          const T* prow = pp != nullptr ? pp + d * tokens + I * gw : nullptr;
+          if (fp != nullptr) {
+            max_pool_row<T>(r, fp + d * fine_cols + I * r * fw, fw, gw, orow, ip + out_base + I * gw);
+            for (int64_t J = 0; J < gw; ++J) orow[J] = bias_d + blend * orow[J] + (prow != nullptr ? prow[J] : T(0));
+          } else {
+            for (int64_t J = 0; J < gw; ++J) orow[J] = bias_d + prow[J];
           }
         }
       }
@@ -321,7 +326,7 @@ template <typename T>
 void backward_tiles(const SubkernelGeometry& g, const Kernels& k, const at::Tensor& x, const at::Tensor& grad,
                     const at::Tensor& indices, bool want_kernel_grads, at::Tensor& dx, at::Tensor& fine_grad,
                     at::Tensor& patch_grad) {
-  const int64_t rows_per_tile = tile_rows(g);
+  const int64_t rows_per_tile = tile_rows(g, /*min_fine=*/1024, /*min_tokens=*/256);
   const int64_t tiles = g.batch * ((g.grid_h + rows_per_tile - 1) / rows_per_tile);
   const int64_t fine_k = g.channels * g.sub * g.sub, patch_k = g.channels * g.patch * g.patch;
   const int64_t max_fine_cols = rows_per_tile * g.ratio * g.fine_w, max_tokens = rows_per_tile * g.grid_w;
@@ -451,12 +456,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_ba
   }
   at::Tensor dalpha = at::zeros_like(k.alpha);
   if (keff_grad.defined()) {
-    const at::Tensor keff_grad_c = keff_grad.contiguous();
-    AT_DISPATCH_FLOATING_TYPES(acc, "subkernel_tokenize_cpu_combine_backward", [&] {
-      combine_subkernels_backward<scalar_t>(g, k.weight.data_ptr<scalar_t>(), k.alpha.data_ptr<scalar_t>(),
-                                            keff_grad_c.data_ptr<scalar_t>(), dalpha.data_ptr<scalar_t>(),
-                                            want_weight ? weight_grad.data_ptr<scalar_t>() : nullptr);
-    });
+    if (want_logits) dalpha = alpha_gradient(g, k.weight, keff_grad);
+    if (want_weight) weight_grad.view({D * C, -1}).addmm_(keff_grad.reshape({D * C, -1}), k.mixing.t());
   }
   if (want_weight) grad_weight = weight_grad.to(weight.scalar_type());
   if (want_logits) {
