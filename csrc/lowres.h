@@ -7,6 +7,7 @@
 #include <array>
 #include <cstdint>
 #include <string_view>
+#include <utility>
 
 namespace lowres {
 
@@ -35,6 +36,27 @@ SubkernelGeometry check_subkernel_tokenize(const at::Tensor& x, const at::Tensor
 // Validates the inputs of domain_attention and returns the grid size h.
 int64_t check_domain_attention(const at::Tensor& v, const at::Tensor& maps, const at::Tensor& mix_logits,
                                int64_t num_prefix_tokens);
+
+// The kernels one subkernel_tokenize call multiplies the image with, in the accumulation dtype
+// and on the weight's device (csrc/subkernel_kernels.cpp):
+struct SubkernelKernels {
+  at::Tensor alpha;      // softmax(logits) [T]
+  at::Tensor placement;  // E [q, u, n]: E[y, i, a] = 1 where y = a * step + i
+  at::Tensor mixing;     // M [q q, u u] with K_eff = K @ M
+  at::Tensor weight;     // K [D, C, q, q]
+  at::Tensor fine;       // K_eff [D, C u u] for max pooling; undefined otherwise (or when blend = 0)
+  at::Tensor patch;      // [D, C q q]: (1 - blend) K for max pooling with blend != 1, or for avg pooling
+                         // the whole op folded into one q x q kernel; undefined when unused
+};
+SubkernelKernels make_subkernel_kernels(const SubkernelGeometry& g, const at::Tensor& weight,
+                                        const at::Tensor& logits, at::ScalarType acc);
+
+// Maps the gradients of the image GEMMs' kernels -- fine_grad [D, C u u] (max pooling) and
+// patch_grad [D, C q q], either undefined when that GEMM did not run -- to dL/dweight and
+// dL/dlogits in the accumulation dtype (undefined where not wanted).
+std::pair<at::Tensor, at::Tensor> subkernel_kernel_grads(const SubkernelGeometry& g, const SubkernelKernels& k,
+                                                         const at::Tensor& fine_grad, const at::Tensor& patch_grad,
+                                                         bool want_weight, bool want_logits);
 
 // A zero-element tensor standing for a gradient the caller did not ask for.
 at::Tensor not_requested(const at::Tensor& like);

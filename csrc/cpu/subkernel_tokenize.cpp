@@ -1,8 +1,8 @@
 // CPU kernels of subkernel_tokenize (SPEC §1).
 //
 // Everything before the pool is linear in x, so the T sub-kernel convolutions are one u x u,
-// stride-u convolution with the combined kernel K_eff = sum_t softmax(w)_t k_t (itself one
-// small GEMM of the kernel with a mixing matrix). The image is
+// stride-u convolution with the combined kernel K_eff = sum_t softmax(w)_t k_t (built, with its
+// gradients, by the device-independent code in csrc/subkernel_kernels.cpp). The image is
 // processed in tiles of token rows: each tile is an implicit-im2col GEMM (BLAS) whose output
 // [D, fine pixels of the tile] is max-pooled straight into the tokens, so the fine map never
 // exists in full and no per-sub-kernel tensor ever exists. With pool="avg" the pooled combined
@@ -16,7 +16,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <limits>
 
 namespace lowres {
 namespace {
@@ -35,47 +34,6 @@ int64_t tile_rows(const SubkernelGeometry& g, int64_t min_fine, int64_t min_toke
   if (g.pool == Pool::Max) rows = std::max(rows, ceil_div(min_fine, g.ratio * g.fine_w));
   const int64_t balanced = ceil_div(g.batch * g.grid_h, at::get_num_threads());
   return std::clamp<int64_t>(std::min(rows, balanced), 1, g.grid_h);
-}
-
-// The combination of the T sub-kernels is linear in the kernel: K_eff = K [DC, q q] @ M [q q, u u]
-// with M[(a step + i, b step + j), (i, j)] = alpha[a n + b] (no entry past the kernel edge; each
-// (row, column) of M gets at most one alpha). As a GEMM it runs at BLAS speed, and its adjoint
-// gives both dK = dK_eff @ M^T and dalpha (see alpha_gradient).
-template <typename T>
-void fill_mixing_matrix(const SubkernelGeometry& g, const T* alpha, T* M) {
-  const int64_t q = g.patch, u = g.sub, n = g.per_side;
-  std::fill(M, M + q * q * u * u, T(0));
-  for (int64_t a = 0; a < n; ++a)
-    for (int64_t b = 0; b < n; ++b)
-      for (int64_t i = 0; i < u && a * g.step + i < q; ++i)
-        for (int64_t j = 0; j < u && b * g.step + j < q; ++j)
-          M[((a * g.step + i) * q + b * g.step + j) * u * u + i * u + j] = alpha[a * n + b];
-}
-
-at::Tensor mixing_matrix(const SubkernelGeometry& g, const at::Tensor& alpha) {
-  at::Tensor M = at::empty({g.patch * g.patch, g.sub * g.sub}, alpha.options());
-  AT_DISPATCH_FLOATING_TYPES(alpha.scalar_type(), "subkernel_mixing_matrix", [&] {
-    fill_mixing_matrix<scalar_t>(g, alpha.data_ptr<scalar_t>(), M.data_ptr<scalar_t>());
-  });
-  return M;
-}
-
-// dalpha[a n + b] = <dK_eff, k_ab> = sum_{i,j} G[(a step + i, b step + j), (i, j)] with
-// G = K^T [q q, DC] @ dK_eff [DC, u u]: the adjoint of M's construction after one GEMM.
-at::Tensor alpha_gradient(const SubkernelGeometry& g, const at::Tensor& weight, const at::Tensor& keff_grad) {
-  const int64_t q = g.patch, u = g.sub, n = g.per_side;
-  const at::Tensor G = at::mm(weight.view({-1, q * q}).t(), keff_grad.view({-1, u * u})).contiguous();
-  at::Tensor dalpha = at::zeros({n * n}, G.options());
-  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "subkernel_alpha_gradient", [&] {
-    const scalar_t* gp = G.data_ptr<scalar_t>();
-    scalar_t* out = dalpha.data_ptr<scalar_t>();
-    for (int64_t a = 0; a < n; ++a)
-      for (int64_t b = 0; b < n; ++b)
-        for (int64_t i = 0; i < u && a * g.step + i < q; ++i)
-          for (int64_t j = 0; j < u && b * g.step + j < q; ++j)
-            out[a * n + b] += gp[((a * g.step + i) * q + b * g.step + j) * u * u + i * u + j];
-  });
-  return dalpha;
 }
 
 // One tile: token rows [row0, row0 + rows) of image b.
@@ -165,44 +123,6 @@ at::Tensor scratch(const at::Tensor& buffer, int64_t rows, int64_t cols) {
   return buffer.narrow(0, 0, rows * cols).view({rows, cols});
 }
 
-// The kernels one call multiplies with, in the accumulation dtype:
-//   fine  [D, C u u]: blend-free K_eff, used with max pooling (undefined otherwise);
-//   patch [D, C q q]: (1 - blend) K for max pooling with blend != 1, or for avg pooling the
-//                     whole op folded into one kernel; undefined when unused.
-struct Kernels {
-  at::Tensor alpha, mixing, weight, fine, patch;
-};
-
-Kernels make_kernels(const SubkernelGeometry& g, const at::Tensor& weight, const at::Tensor& logits,
-                     at::ScalarType acc) {
-  Kernels k;
-  k.weight = weight.to(acc).contiguous();
-  k.alpha = at::softmax(logits.to(acc), 0).contiguous();
-  k.mixing = mixing_matrix(g, k.alpha);
-  const bool need_combined = g.blend != 0.0;
-  at::Tensor keff;
-  if (need_combined) {
-    keff = at::mm(k.weight.view({g.dim * g.channels, -1}), k.mixing).view({g.dim, -1});
-  }
-  const at::Tensor weight_flat = k.weight.view({g.dim, -1});
-  if (g.pool == Pool::Max) {
-    if (need_combined) k.fine = keff;
-    if (g.blend != 1.0) k.patch = weight_flat * (1.0 - g.blend);
-  } else {
-    // avg_pool(conv_u(x, K_eff)) = conv_q(x, K_eff tiled r x r / r^2).
-    at::Tensor folded = at::zeros_like(weight_flat);
-    if (need_combined) {
-      const int64_t r = g.ratio, u = g.sub;
-      folded = keff.view({g.dim, g.channels, 1, u, 1, u})
-                   .expand({g.dim, g.channels, r, u, r, u})
-                   .reshape({g.dim, g.channels * g.patch * g.patch}) *
-               (g.blend / static_cast<double>(r * r));
-    }
-    k.patch = g.blend != 1.0 ? folded + weight_flat * (1.0 - g.blend) : folded;
-  }
-  return k;
-}
-
 // Max over each r x r window of r fine rows (row stride fw) for one token row: the value and the
 // window index of the first maximum. Branch-free so it vectorises; a NaN wins and then stays, as
 // in max_pool2d.
@@ -237,7 +157,7 @@ void max_pool_row(int64_t r, const T* fine, int64_t fw, int64_t gw, T* best_out,
 }
 
 template <typename T>
-void forward_tiles(const SubkernelGeometry& g, const Kernels& k, const at::Tensor& x, const at::Tensor& bias,
+void forward_tiles(const SubkernelGeometry& g, const SubkernelKernels& k, const at::Tensor& x, const at::Tensor& bias,
                    at::Tensor& out, at::Tensor& indices) {
   const int64_t rows_per_tile = tile_rows(g, /*min_fine=*/512, /*min_tokens=*/64);
   const int64_t tiles = g.batch * ((g.grid_h + rows_per_tile - 1) / rows_per_tile);
@@ -307,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor> subkernel_tokenize_cpu(const at::Tensor& x, c
   if (out.numel() == 0) return {out, indices};
 
   const auto acc = accumulate_type(x);
-  const Kernels k = make_kernels(g, weight, logits, acc);
+  const SubkernelKernels k = make_subkernel_kernels(g, weight, logits, acc);
   const at::Tensor xa = x.to(acc).contiguous();
   const at::Tensor ba = bias.has_value() && bias->defined() ? bias->to(acc).contiguous() : at::Tensor();
   at::Tensor out_acc = x.scalar_type() == acc ? out : at::empty(out.sizes(), out.options().dtype(acc));
@@ -323,7 +243,7 @@ std::tuple<at::Tensor, at::Tensor> subkernel_tokenize_cpu(const at::Tensor& x, c
 //   patch_grad [D, C q q] = sum g cols_patch^T       (the patch kernel's own gradient)
 // and writes dx. Each thread sums into its own slice; the slices are added at the end.
 template <typename T>
-void backward_tiles(const SubkernelGeometry& g, const Kernels& k, const at::Tensor& x, const at::Tensor& grad,
+void backward_tiles(const SubkernelGeometry& g, const SubkernelKernels& k, const at::Tensor& x, const at::Tensor& grad,
                     const at::Tensor& indices, bool want_kernel_grads, at::Tensor& dx, at::Tensor& fine_grad,
                     at::Tensor& patch_grad) {
   const int64_t rows_per_tile = tile_rows(g, /*min_fine=*/1024, /*min_tokens=*/256);
@@ -423,7 +343,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_ba
   }
 
   const auto acc = accumulate_type(x);
-  const Kernels k = make_kernels(g, weight, logits, acc);
+  const SubkernelKernels k = make_subkernel_kernels(g, weight, logits, acc);
   const at::Tensor xa = x.to(acc).contiguous();
   const at::Tensor ga = grad.to(acc).contiguous();
   const at::Tensor ia = indices.contiguous();
@@ -439,31 +359,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_ba
   if (want_x) grad_x = dx.to(x.scalar_type());
   if (!want_kernel_grads) return {grad_x, grad_weight, grad_logits, grad_bias};
 
-  // dL/dK_eff, and the part of dL/dK that bypasses the sub-kernels.
-  const int64_t r = g.ratio, u = g.sub, C = g.channels, D = g.dim;
-  at::Tensor keff_grad;
-  at::Tensor weight_grad = at::zeros_like(k.weight);
-  if (g.pool == Pool::Max) {
-    if (fine_grad.defined()) keff_grad = fine_grad.sum(0);
-    if (patch_grad.defined()) weight_grad.view({D, -1}).add_(patch_grad.sum(0), 1.0 - g.blend);
-  } else {
-    const at::Tensor folded_grad = patch_grad.sum(0);  // dL/d(folded q x q kernel)
-    if (g.blend != 0.0) {
-      keff_grad = folded_grad.view({D, C, r, u, r, u}).sum({2, 4}).reshape({D, C * u * u}) *
-                  (g.blend / static_cast<double>(r * r));
-    }
-    if (g.blend != 1.0) weight_grad.view({D, -1}).add_(folded_grad, 1.0 - g.blend);
-  }
-  at::Tensor dalpha = at::zeros_like(k.alpha);
-  if (keff_grad.defined()) {
-    if (want_logits) dalpha = alpha_gradient(g, k.weight, keff_grad);
-    if (want_weight) weight_grad.view({D * C, -1}).addmm_(keff_grad.reshape({D * C, -1}), k.mixing.t());
-  }
+  const auto [weight_grad, logits_grad] =
+      subkernel_kernel_grads(g, k, fine_grad.defined() ? fine_grad.sum(0) : fine_grad,
+                             patch_grad.defined() ? patch_grad.sum(0) : patch_grad, want_weight, want_logits);
   if (want_weight) grad_weight = weight_grad.to(weight.scalar_type());
-  if (want_logits) {
-    // Softmax Jacobian: dw = alpha * (dalpha - <alpha, dalpha>).
-    grad_logits = (k.alpha * (dalpha - (k.alpha * dalpha).sum())).to(logits.scalar_type());
-  }
+  if (want_logits) grad_logits = logits_grad.to(logits.scalar_type());
   return {grad_x, grad_weight, grad_logits, grad_bias};
 }
 

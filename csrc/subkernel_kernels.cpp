@@ -1,0 +1,91 @@
+// The device-independent part of subkernel_tokenize (SPEC §1), shared by the CPU and CUDA kernels:
+// which kernels a call multiplies the image with, and how their gradients map back to the
+// weight and the logits. It is all small tensor algebra on the kernel (D x C x q x q), never on
+// the image; the per-device files implement only the image-sized GEMMs around it.
+#include "lowres.h"
+
+#include <ATen/ATen.h>
+
+namespace lowres {
+namespace {
+
+// E[y, i, a] = 1 where kernel row y = a * step + i, i.e. sub-kernel row i of the a-th sub-kernel
+// along one axis reads row y of the patch kernel (rows past the kernel edge read nothing: the
+// zero padding of the cut-off sub-kernels).
+at::Tensor placement(const SubkernelGeometry& g, const at::TensorOptions& options) {
+  const auto index = options.dtype(at::kLong);
+  const at::Tensor y = at::arange(g.patch, index).view({g.patch, 1, 1});
+  const at::Tensor i = at::arange(g.sub, index).view({1, g.sub, 1});
+  const at::Tensor a = at::arange(g.per_side, index).view({1, 1, g.per_side});
+  return (y == a * g.step + i).to(options.dtype());
+}
+
+}  // namespace
+
+SubkernelKernels make_subkernel_kernels(const SubkernelGeometry& g, const at::Tensor& weight,
+                                        const at::Tensor& logits, at::ScalarType acc) {
+  const int64_t q = g.patch, u = g.sub, n = g.per_side, r = g.ratio;
+  SubkernelKernels k;
+  k.weight = weight.to(acc).contiguous();
+  k.alpha = at::softmax(logits.to(acc), 0);
+  k.placement = placement(g, k.weight.options());
+  // The combination is linear in the kernel: K_eff = K [DC, q q] @ M [q q, u u] with
+  // M[(y, x), (i, j)] = sum_{a,b} E[y, i, a] alpha[a, b] E[x, j, b]; one GEMM at BLAS speed.
+  k.mixing = at::einsum("yia,ab,xjb->yxij", {k.placement, k.alpha.view({n, n}), k.placement}).reshape({q * q, u * u});
+  const at::Tensor weight_flat = k.weight.view({g.dim, -1});
+  at::Tensor combined;
+  if (g.blend != 0.0) combined = at::mm(k.weight.view({g.dim * g.channels, q * q}), k.mixing).view({g.dim, -1});
+  if (g.pool == Pool::Max) {
+    k.fine = combined;
+    if (g.blend != 1.0) k.patch = weight_flat * (1.0 - g.blend);
+  } else {
+    // avg_pool(conv_u(x, K_eff)) = conv_q(x, K_eff tiled r x r / r^2): the whole op is one q x q kernel.
+    at::Tensor folded = at::zeros_like(weight_flat);
+    if (combined.defined()) {
+      folded = combined.view({g.dim, g.channels, 1, u, 1, u})
+                   .expand({g.dim, g.channels, r, u, r, u})
+                   .reshape({g.dim, g.channels * q * q}) *
+               (g.blend / static_cast<double>(r * r));
+    }
+    k.patch = g.blend != 1.0 ? folded + weight_flat * (1.0 - g.blend) : folded;
+  }
+  return k;
+}
+
+std::pair<at::Tensor, at::Tensor> subkernel_kernel_grads(const SubkernelGeometry& g, const SubkernelKernels& k,
+                                                         const at::Tensor& fine_grad, const at::Tensor& patch_grad,
+                                                         bool want_weight, bool want_logits) {
+  const int64_t q = g.patch, u = g.sub, r = g.ratio, C = g.channels, D = g.dim;
+  // dL/dK_eff, and the part of dL/dK that bypasses the sub-kernels.
+  at::Tensor combined_grad;
+  at::Tensor weight_grad = at::zeros_like(k.weight);
+  if (g.pool == Pool::Max) {
+    if (fine_grad.defined()) combined_grad = fine_grad;
+    if (patch_grad.defined()) weight_grad.view({D, -1}).add_(patch_grad, 1.0 - g.blend);
+  } else {
+    // patch_grad is dL/d(folded q x q kernel).
+    if (g.blend != 0.0) {
+      combined_grad = patch_grad.view({D, C, r, u, r, u}).sum({2, 4}).reshape({D, C * u * u}) *
+                      (g.blend / static_cast<double>(r * r));
+    }
+    if (g.blend != 1.0) weight_grad.view({D, -1}).add_(patch_grad, 1.0 - g.blend);
+  }
+  at::Tensor grad_weight, grad_logits;
+  if (want_weight) {
+    if (combined_grad.defined()) weight_grad.view({D * C, -1}).addmm_(combined_grad.reshape({D * C, -1}), k.mixing.t());
+    grad_weight = weight_grad;
+  }
+  if (want_logits) {
+    at::Tensor dalpha = at::zeros_like(k.alpha);
+    if (combined_grad.defined()) {
+      // dalpha[a, b] = <dK_eff, k_ab> = sum G[y, x, i, j] E[y, i, a] E[x, j, b] with G = K^T @ dK_eff.
+      const at::Tensor G = at::mm(k.weight.view({D * C, q * q}).t(), combined_grad.reshape({D * C, u * u}));
+      dalpha = at::einsum("yxij,yia,xjb->ab", {G.view({q, q, u, u}), k.placement, k.placement}).reshape({-1});
+    }
+    // Softmax Jacobian: dw = alpha * (dalpha - <alpha, dalpha>).
+    grad_logits = k.alpha * (dalpha - (k.alpha * dalpha).sum());
+  }
+  return {grad_weight, grad_logits};
+}
+
+}  // namespace lowres
