@@ -58,6 +58,10 @@ class DemoSettings:
     pretrained: Optional[str] = None
     checkpoint: Optional[str] = None
     device: str = "auto"
+    # CPU threads for torch during the demo (None: torch's default). At the tiny model's size,
+    # intra-op parallelism gains little and, on a shared or oversubscribed machine, its thread
+    # synchronisation makes each small op (image normalisation included) many times slower.
+    threads: Optional[int] = 1
     plots: bool = True
     extra: dict = field(default_factory=dict)  # further TrainConfig fields
 
@@ -70,6 +74,8 @@ class DemoSettings:
             raise ValueError(f"configurations: expected a non-empty subset of {list(CONFIGURATIONS)}, got {list(self.configurations)}")
         if self.pretrained and self.checkpoint:
             raise ValueError(f"give pretrained ({self.pretrained!r}) or checkpoint ({self.checkpoint!r}), not both")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
         return self
 
     @property
@@ -110,6 +116,19 @@ def _paper_layout(results: Mapping[str, Mapping[str, Mapping[str, float]]], task
 def run_demo(settings: DemoSettings) -> dict:
     """Generates the data if missing, trains and evaluates every (configuration, task), writes
     results.{md,json,png} and the per-run plots under settings.out; returns the results."""
+    import torch
+
+    settings.validate()
+    threads = torch.get_num_threads()
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    try:
+        return _run_demo(settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(settings: DemoSettings) -> dict:
     from tqdm.auto import tqdm
 
     from .config import TrainConfig
@@ -117,7 +136,6 @@ def run_demo(settings: DemoSettings) -> dict:
     from .synth import default_root, generate, is_generated
     from .training import train
 
-    settings.validate()
     out = Path(settings.out)
     data_root = Path(settings.data_root) if settings.data_root else default_root(settings.seed, settings.scale)
     started = time.time()
