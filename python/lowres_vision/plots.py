@@ -16,6 +16,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 PathLike = str | os.PathLike
 
@@ -164,6 +165,7 @@ def plot_training_curves(records: Sequence[Mapping] | PathLike, path: PathLike =
         for name in metric_names:
             points = [(r["epoch"], r[name]) for r in records if name in r and "epoch" in r]
             ax.plot(*zip(*points), "o-", label=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("%")
         ax.grid(alpha=0.3)
@@ -236,7 +238,7 @@ def plot_results(results: Mapping[str, Mapping[str, Mapping[str, float]]], path:
     configurations = list(results)
     columns = [(task, metric) for task, metrics in next(iter(results.values())).items() for metric in metrics]
     figure = Figure(figsize=(2.0 * len(columns) + 1.5, 3.6))
-    axes = figure.subplots(1, len(columns), squeeze=False)[0]
+    axes = figure.subplots(1, len(columns), squeeze=False, gridspec_kw={"wspace": 0.55})[0]
     colours = [f"C{i}" for i in range(len(configurations))]
     legend_handles = None
     for ax, (task, metric) in zip(axes, columns):
@@ -245,10 +247,11 @@ def plot_results(results: Mapping[str, Mapping[str, Mapping[str, float]]], path:
         legend_handles = legend_handles or list(bars)
         ax.set_title(f"{task}\n{metric}" + (" (lower better)" if "rank" in metric else ""), fontsize=8)
         ax.set_xticks([])
+        ax.tick_params(axis="y", labelsize=7)
         ax.grid(axis="y", alpha=0.3)
     figure.legend(legend_handles, configurations, loc="lower center", ncol=min(len(configurations), 5), fontsize=8,
                   bbox_to_anchor=(0.5, -0.08))
-    figure.suptitle(title or "Results", fontsize=11)
+    figure.suptitle(title or "Results", fontsize=11, y=1.06)
     return _save(figure, path)
 
 
