@@ -2,7 +2,7 @@
 //
 // Everything before the pool is linear in x, so the T sub-kernel convolutions are one u x u,
 // stride-u convolution with the combined kernel K_eff = sum_t softmax(w)_t k_t, built once per
-// call by a small kernel. The convolutions run as tiled shared-memory GEMMs that read the image
+// call on the device by the shared kernel algebra (csrc/subkernel_kernels.cpp). The convolutions run as tiled shared-memory GEMMs that read the image
 // straight from global memory (implicit im2col: no column buffer exists):
 //   forward      tokens = bias + blend max_window(K_eff cols_fine) + K_patch cols_patch, the max
 //                pool (with its uint8 argmax) fused into the epilogue, so the fine map is never
@@ -269,127 +269,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Sizes of the sub-kernel split of a [D*C, q, q] kernel into n x n sub-kernels of u x u at
-// offsets `step` apart (zero past the kernel edge).
-struct SubkernelSplit {
-  int64_t rows;  // D * C
-  int64_t patch, sub, per_side, step;
-};
-
-// keff[dc, i, j] = sum_{a,b} alpha[a n + b] K[dc, a step + i, b step + j]. One thread per entry.
-template <typename T>
-__global__ void combine_subkernels_kernel(SubkernelSplit s, const T* __restrict__ K, const T* __restrict__ alpha,
-                                          T* __restrict__ keff) {
-  const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t q = s.patch, u = s.sub;
-  if (index >= s.rows * u * u) return;
-  const int64_t dc = index / (u * u), i = (index / u) % u, j = index % u;
-  const T* k = K + dc * q * q;
-  T sum = 0;
-  for (int64_t a = 0; a < s.per_side && a * s.step + i < q; ++a) {
-    for (int64_t b = 0; b < s.per_side && b * s.step + j < q; ++b) {
-      sum += alpha[a * s.per_side + b] * k[(a * s.step + i) * q + b * s.step + j];
-    }
-  }
-  keff[index] = sum;
-}
-
-// dalpha[t] = <dK_eff, k_t> for t = (a, b): one block per sub-kernel, reduced in the block.
-template <typename T>
-__global__ void subkernel_alpha_grad_kernel(SubkernelSplit s, const T* __restrict__ K, const T* __restrict__ dkeff,
-                                            T* __restrict__ dalpha) {
-  __shared__ T scratch[kWarpSize];
-  const int64_t q = s.patch, u = s.sub;
-  const int64_t a = blockIdx.x / s.per_side, b = blockIdx.x % s.per_side;
-  // The part of sub-kernel t inside the kernel (validation guarantees a, b step < q).
-  const int64_t rows = std::min(u, q - a * s.step), cols = std::min(u, q - b * s.step), area = rows * cols;
-  T partial = 0;
-  for (int64_t e = threadIdx.x; e < s.rows * area; e += blockDim.x) {
-    const int64_t dc = e / area, i = (e % area) / cols, j = e % cols;
-    partial += dkeff[(dc * u + i) * u + j] * K[(dc * q + a * s.step + i) * q + b * s.step + j];
-  }
-  const T total = block_reduce(partial, Sum{}, T(0), scratch);
-  if (threadIdx.x == 0) dalpha[blockIdx.x] = total;
-}
-
-// dK[dc, y, x] += sum over sub-kernels (a, b) covering (y, x) of alpha[a n + b] dK_eff[dc, y - a step, x - b step]:
-// the adjoint of combine_subkernels_kernel as a gather, one thread per entry of dK.
-template <typename T>
-__global__ void subkernel_weight_grad_kernel(SubkernelSplit s, const T* __restrict__ alpha,
-                                             const T* __restrict__ dkeff, T* __restrict__ dK) {
-  const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t q = s.patch, u = s.sub;
-  if (index >= s.rows * q * q) return;
-  const int64_t dc = index / (q * q), y = (index / q) % q, x = index % q;
-  T sum = 0;
-  for (int64_t a = 0; a < s.per_side && a * s.step <= y; ++a) {
-    const int64_t i = y - a * s.step;
-    if (i >= u) continue;
-    for (int64_t b = 0; b < s.per_side && b * s.step <= x; ++b) {
-      const int64_t j = x - b * s.step;
-      if (j < u) sum += alpha[a * s.per_side + b] * dkeff[(dc * u + i) * u + j];
-    }
-  }
-  dK[index] += sum;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Host side.
 
-constexpr int kElementwiseThreads = 256;
-
 at::ScalarType accumulate_type(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-SubkernelSplit subkernel_split(const SubkernelGeometry& g) {
-  return {g.dim * g.channels, g.patch, g.sub, g.per_side, g.step};
-}
-
-// The kernels one call multiplies with, in the accumulation dtype (as in the CPU file):
-//   fine  [D, C u u]: K_eff, used with max pooling (undefined otherwise or when blend = 0);
-//   patch [D, C q q]: (1 - blend) K for max pooling with blend != 1, or for avg pooling the
-//                     whole op folded into one kernel; undefined when unused.
-struct Kernels {
-  at::Tensor alpha, weight, fine, patch;
-};
-
-Kernels make_kernels(const SubkernelGeometry& g, const at::Tensor& weight, const at::Tensor& logits,
-                     at::ScalarType acc, cudaStream_t stream) {
-  Kernels k;
-  k.weight = weight.to(acc).contiguous();
-  k.alpha = at::softmax(logits.to(acc), 0).contiguous();
-  const bool need_combined = g.blend != 0.0;
-  at::Tensor keff;
-  if (need_combined) {
-    keff = at::empty({g.dim, g.channels * g.sub * g.sub}, k.weight.options());
-    const SubkernelSplit s = subkernel_split(g);
-    if (keff.numel() > 0) {
-      AT_DISPATCH_FLOATING_TYPES(acc, "subkernel_tokenize_cuda_combine", [&] {
-        combine_subkernels_kernel<scalar_t>
-            <<<ceil_div(keff.numel(), kElementwiseThreads), kElementwiseThreads, 0, stream>>>(
-                s, k.weight.data_ptr<scalar_t>(), k.alpha.data_ptr<scalar_t>(), keff.data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-    }
-  }
-  const at::Tensor weight_flat = k.weight.view({g.dim, -1});
-  if (g.pool == Pool::Max) {
-    if (need_combined) k.fine = keff;
-    if (g.blend != 1.0) k.patch = weight_flat * (1.0 - g.blend);
-  } else {
-    // avg_pool(conv_u(x, K_eff)) = conv_q(x, K_eff tiled r x r / r^2).
-    at::Tensor folded = at::zeros_like(weight_flat);
-    if (need_combined) {
-      const int64_t r = g.ratio, u = g.sub;
-      folded = keff.view({g.dim, g.channels, 1, u, 1, u})
-                   .expand({g.dim, g.channels, r, u, r, u})
-                   .reshape({g.dim, g.channels * g.patch * g.patch}) *
-               (g.blend / static_cast<double>(r * r));
-    }
-    k.patch = g.blend != 1.0 ? folded + weight_flat * (1.0 - g.blend) : folded;
-  }
-  return k;
 }
 
 template <typename acc_t>
@@ -411,7 +295,7 @@ std::tuple<at::Tensor, at::Tensor> subkernel_tokenize_cuda(const at::Tensor& x, 
   if (out.numel() == 0) return {out, indices};
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const Kernels k = make_kernels(g, weight, logits, accumulate_type(x), stream);
+  const SubkernelKernels k = make_subkernel_kernels(g, weight, logits, accumulate_type(x));
   const at::Tensor xc = x.contiguous();
   const at::Tensor bc = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   const int64_t num_tokens = g.batch * g.grid_h * g.grid_w;
@@ -490,7 +374,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_ba
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto acc = accumulate_type(x);
-  const Kernels k = make_kernels(g, weight, logits, acc, stream);
+  const SubkernelKernels k = make_subkernel_kernels(g, weight, logits, acc);
   const at::Tensor xc = x.contiguous();
   const at::Tensor gc = grad.to(x.scalar_type()).contiguous();
   const at::Tensor ic = k.fine.defined() ? indices.contiguous() : at::Tensor();
@@ -519,42 +403,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_ba
   if (want_x) grad_x = dx.to(x.scalar_type());
   if (!want_kernel_grads) return {grad_x, grad_weight, grad_logits, grad_bias};
 
-  // dL/dK_eff, and the part of dL/dK that bypasses the sub-kernels.
-  const int64_t r = g.ratio, u = g.sub, C = g.channels, D = g.dim;
-  at::Tensor keff_grad;
-  at::Tensor weight_grad = at::zeros_like(k.weight);
-  if (g.pool == Pool::Max) {
-    if (fine_grad.defined()) keff_grad = fine_grad;
-    if (patch_grad.defined()) weight_grad.view({D, -1}).add_(patch_grad, 1.0 - g.blend);
-  } else {
-    // patch_grad is dL/d(folded q x q kernel).
-    if (g.blend != 0.0) {
-      keff_grad = patch_grad.view({D, C, r, u, r, u}).sum({2, 4}).reshape({D, C * u * u}) *
-                  (g.blend / static_cast<double>(r * r));
-    }
-    if (g.blend != 1.0) weight_grad.view({D, -1}).add_(patch_grad, 1.0 - g.blend);
-  }
-  at::Tensor dalpha = at::zeros_like(k.alpha);
-  if (keff_grad.defined()) {
-    const at::Tensor keff_grad_c = keff_grad.contiguous();
-    const SubkernelSplit s = subkernel_split(g);
-    AT_DISPATCH_FLOATING_TYPES(acc, "subkernel_tokenize_cuda_combine_backward", [&] {
-      subkernel_alpha_grad_kernel<scalar_t><<<g.per_side * g.per_side, kElementwiseThreads, 0, stream>>>(
-          s, k.weight.data_ptr<scalar_t>(), keff_grad_c.data_ptr<scalar_t>(), dalpha.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      if (want_weight) {
-        subkernel_weight_grad_kernel<scalar_t>
-            <<<ceil_div(weight_grad.numel(), kElementwiseThreads), kElementwiseThreads, 0, stream>>>(
-                s, k.alpha.data_ptr<scalar_t>(), keff_grad_c.data_ptr<scalar_t>(), weight_grad.data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    });
-  }
+  const auto [weight_grad, logits_grad] =
+      subkernel_kernel_grads(g, k, fine_grad, patch_grad, want_weight, want_logits);
   if (want_weight) grad_weight = weight_grad.to(weight.scalar_type());
-  if (want_logits) {
-    // Softmax Jacobian: dw = alpha * (dalpha - <alpha, dalpha>).
-    grad_logits = (k.alpha * (dalpha - (k.alpha * dalpha).sum())).to(logits.scalar_type());
-  }
+  if (want_logits) grad_logits = logits_grad.to(logits.scalar_type());
   return {grad_x, grad_weight, grad_logits, grad_bias};
 }
 
