@@ -17,14 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        module_name = f"lowres_vision.commands.{name}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise  # the command exists but one of its imports is missing: a real error
-            continue  # this installation does not ship that command
-        module.register(subparsers)
+        importlib.import_module(f"lowres_vision.commands.{name}").register(subparsers)
     return parser
 
 
