@@ -48,8 +48,15 @@ struct SubkernelKernels {
   at::Tensor patch;      // [D, C q q]: (1 - blend) K for max pooling with blend != 1, or for avg pooling
                          // the whole op folded into one q x q kernel; undefined when unused
 };
+// Whether a call multiplies the image with the fine kernel K_eff (max pooling) and with a q x q
+// kernel (avg pooling, or the blend's plain patch embedding).
+inline bool uses_fine_kernel(const SubkernelGeometry& g) { return g.pool == Pool::Max && g.blend != 0.0; }
+inline bool uses_patch_kernel(const SubkernelGeometry& g) { return g.pool == Pool::Avg || g.blend != 1.0; }
+
+// `image_kernels = false` leaves fine and patch undefined: a backward that wants no dx needs only
+// the gradients of those kernels, never the kernels themselves.
 SubkernelKernels make_subkernel_kernels(const SubkernelGeometry& g, const at::Tensor& weight,
-                                        const at::Tensor& logits, at::ScalarType acc);
+                                        const at::Tensor& logits, at::ScalarType acc, bool image_kernels = true);
 
 // Maps the gradients of the image GEMMs' kernels -- fine_grad [D, C u u] (max pooling) and
 // patch_grad [D, C q q], either undefined when that GEMM did not run -- to dL/dweight and

@@ -23,7 +23,7 @@ at::Tensor placement(const SubkernelGeometry& g, const at::TensorOptions& option
 }  // namespace
 
 SubkernelKernels make_subkernel_kernels(const SubkernelGeometry& g, const at::Tensor& weight,
-                                        const at::Tensor& logits, at::ScalarType acc) {
+                                        const at::Tensor& logits, at::ScalarType acc, bool image_kernels) {
   const int64_t q = g.patch, u = g.sub, n = g.per_side, r = g.ratio;
   SubkernelKernels k;
   k.weight = weight.to(acc).contiguous();
@@ -32,22 +32,22 @@ SubkernelKernels make_subkernel_kernels(const SubkernelGeometry& g, const at::Te
   // The combination is linear in the kernel: K_eff = K [DC, q q] @ M [q q, u u] with
   // M[(y, x), (i, j)] = sum_{a,b} E[y, i, a] alpha[a, b] E[x, j, b]; one GEMM at BLAS speed.
   k.mixing = at::einsum("yia,ab,xjb->yxij", {k.placement, k.alpha.view({n, n}), k.placement}).reshape({q * q, u * u});
+  if (!image_kernels) return k;
   const at::Tensor weight_flat = k.weight.view({g.dim, -1});
   at::Tensor combined;
   if (g.blend != 0.0) combined = at::mm(k.weight.view({g.dim * g.channels, q * q}), k.mixing).view({g.dim, -1});
   if (g.pool == Pool::Max) {
     k.fine = combined;
     if (g.blend != 1.0) k.patch = weight_flat * (1.0 - g.blend);
+  } else if (!combined.defined()) {
+    k.patch = weight_flat.clone();  // blend = 0: the plain patch embedding
   } else {
     // avg_pool(conv_u(x, K_eff)) = conv_q(x, K_eff tiled r x r / r^2): the whole op is one q x q kernel.
-    at::Tensor folded = at::zeros_like(weight_flat);
-    if (combined.defined()) {
-      folded = combined.view({g.dim, g.channels, 1, u, 1, u})
-                   .expand({g.dim, g.channels, r, u, r, u})
-                   .reshape({g.dim, g.channels * q * q}) *
-               (g.blend / static_cast<double>(r * r));
-    }
-    k.patch = g.blend != 1.0 ? folded + weight_flat * (1.0 - g.blend) : folded;
+    k.patch = combined.view({g.dim, g.channels, 1, u, 1, u})
+                  .expand({g.dim, g.channels, r, u, r, u})
+                  .reshape({g.dim, g.channels * q * q}) *
+              (g.blend / static_cast<double>(r * r));
+    if (g.blend != 1.0) k.patch.add_(weight_flat, 1.0 - g.blend);
   }
   return k;
 }
@@ -58,22 +58,18 @@ std::pair<at::Tensor, at::Tensor> subkernel_kernel_grads(const SubkernelGeometry
   const int64_t q = g.patch, u = g.sub, r = g.ratio, C = g.channels, D = g.dim;
   // dL/dK_eff, and the part of dL/dK that bypasses the sub-kernels.
   at::Tensor combined_grad;
-  at::Tensor weight_grad = at::zeros_like(k.weight);
   if (g.pool == Pool::Max) {
-    if (fine_grad.defined()) combined_grad = fine_grad;
-    if (patch_grad.defined()) weight_grad.view({D, -1}).add_(patch_grad, 1.0 - g.blend);
-  } else {
+    combined_grad = fine_grad;
+  } else if (g.blend != 0.0) {
     // patch_grad is dL/d(folded q x q kernel).
-    if (g.blend != 0.0) {
-      combined_grad = patch_grad.view({D, C, r, u, r, u}).sum({2, 4}).reshape({D, C * u * u}) *
-                      (g.blend / static_cast<double>(r * r));
-    }
-    if (g.blend != 1.0) weight_grad.view({D, -1}).add_(patch_grad, 1.0 - g.blend);
+    combined_grad = patch_grad.view({D, C, r, u, r, u}).sum({2, 4}).reshape({D, C * u * u}) *
+                    (g.blend / static_cast<double>(r * r));
   }
   at::Tensor grad_weight, grad_logits;
   if (want_weight) {
-    if (combined_grad.defined()) weight_grad.view({D * C, -1}).addmm_(combined_grad.reshape({D * C, -1}), k.mixing.t());
-    grad_weight = weight_grad;
+    grad_weight = at::zeros_like(k.weight);
+    if (uses_patch_kernel(g)) grad_weight.view({D, -1}).add_(patch_grad, 1.0 - g.blend);
+    if (combined_grad.defined()) grad_weight.view({D * C, -1}).addmm_(combined_grad.reshape({D * C, -1}), k.mixing.t());
   }
   if (want_logits) {
     at::Tensor dalpha = at::zeros_like(k.alpha);

@@ -254,25 +254,26 @@ void backward_tiles(const SubkernelGeometry& g, const SubkernelKernels& k, const
   const T* xp = x.data_ptr<T>();
   const T* gp = grad.data_ptr<T>();
   T* dxp = dx.defined() ? dx.data_ptr<T>() : nullptr;
-  const uint8_t* ip = k.fine.defined() ? indices.data_ptr<uint8_t>() : nullptr;
+  const bool fine_path = uses_fine_kernel(g), patch_path = uses_patch_kernel(g);
+  const uint8_t* ip = fine_path ? indices.data_ptr<uint8_t>() : nullptr;
   const auto opts = x.options();
   const T blend = static_cast<T>(g.blend);
 
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
     const int64_t thread = at::get_thread_num();
     at::Tensor cols, dfine, pcols, gtile;
-    if (k.fine.defined()) {
+    if (fine_path) {
       cols = at::empty({fine_k * max_fine_cols}, opts);
       dfine = at::empty({D * max_fine_cols}, opts);
     }
-    if (k.patch.defined()) {
+    if (patch_path) {
       pcols = at::empty({patch_k * max_tokens}, opts);
       gtile = at::empty({D * max_tokens}, opts);
     }
     for (int64_t index = begin; index < end; ++index) {
       const Tile t = tile_at(g, rows_per_tile, index);
       const int64_t fine_cols = t.rows * r * fw, tokens = t.rows * gw;
-      if (k.fine.defined()) {
+      if (fine_path) {
         // Route blend * g to the argmax of each pooling window.
         at::Tensor dfine_view = scratch(dfine, D, fine_cols);
         dfine_view.zero_();
@@ -296,7 +297,7 @@ void backward_tiles(const SubkernelGeometry& g, const SubkernelKernels& k, const
           col2im_fine<T>(g, cols.data_ptr<T>(), t, dxp);
         }
       }
-      if (k.patch.defined()) {
+      if (patch_path) {
         at::Tensor g_view = scratch(gtile, D, tokens);
         T* gt = gtile.data_ptr<T>();
         for (int64_t d = 0; d < D; ++d) {
@@ -343,7 +344,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_ba
   }
 
   const auto acc = accumulate_type(x);
-  const SubkernelKernels k = make_subkernel_kernels(g, weight, logits, acc);
+  const SubkernelKernels k = make_subkernel_kernels(g, weight, logits, acc, /*image_kernels=*/want_x);
   const at::Tensor xa = x.to(acc).contiguous();
   const at::Tensor ga = grad.to(acc).contiguous();
   const at::Tensor ia = indices.contiguous();
@@ -351,8 +352,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_ba
   const int64_t threads = at::get_num_threads();
   at::Tensor dx = want_x ? at::zeros(xa.sizes(), xa.options()) : at::Tensor();
   at::Tensor fine_grad, patch_grad;
-  if (want_kernel_grads && k.fine.defined()) fine_grad = at::zeros({threads, g.dim, k.fine.size(1)}, xa.options());
-  if (want_kernel_grads && k.patch.defined()) patch_grad = at::zeros({threads, g.dim, k.patch.size(1)}, xa.options());
+  const int64_t fine_k = g.channels * g.sub * g.sub, patch_k = g.channels * g.patch * g.patch;
+  if (want_kernel_grads && uses_fine_kernel(g)) fine_grad = at::zeros({threads, g.dim, fine_k}, xa.options());
+  if (want_kernel_grads && uses_patch_kernel(g)) patch_grad = at::zeros({threads, g.dim, patch_k}, xa.options());
   AT_DISPATCH_FLOATING_TYPES(acc, "subkernel_tokenize_cpu_backward", [&] {
     backward_tiles<scalar_t>(g, k, xa, ga, ia, want_kernel_grads, dx, fine_grad, patch_grad);
   });

@@ -374,10 +374,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_ba
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto acc = accumulate_type(x);
-  const SubkernelKernels k = make_subkernel_kernels(g, weight, logits, acc);
+  const SubkernelKernels k = make_subkernel_kernels(g, weight, logits, acc, /*image_kernels=*/want_x);
   const at::Tensor xc = x.contiguous();
   const at::Tensor gc = grad.to(x.scalar_type()).contiguous();
-  const at::Tensor ic = k.fine.defined() ? indices.contiguous() : at::Tensor();
+  const at::Tensor ic = uses_fine_kernel(g) ? indices.contiguous() : at::Tensor();
   const bool want_kernel_grads = want_weight || want_logits;
   const int64_t num_tokens = g.batch * g.grid_h * g.grid_w, per_image = g.grid_h * g.grid_w;
   at::Tensor dx = want_x ? at::zeros(x.sizes(), x.options().dtype(acc)) : at::Tensor();
@@ -385,7 +385,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_ba
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "subkernel_tokenize_cuda_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = gc.data_ptr<scalar_t>();
-    if (k.fine.defined()) {
+    if (uses_fine_kernel(g)) {
       // blend * grad, routed to the argmax of each pooling window.
       const Columns columns = fine_columns(g);
       const PixelGrad<scalar_t, acc_t> pixel_grad{gp, ic.data_ptr<uint8_t>(), static_cast<acc_t>(g.blend), g.dim,
@@ -393,7 +393,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_ba
       if (want_kernel_grads) fine_grad = kernel_grad(xc, columns, pixel_grad, num_tokens, stream);
       if (want_x) input_grad(columns, pixel_grad, k.fine, num_tokens, dx, stream);
     }
-    if (k.patch.defined()) {
+    if (uses_patch_kernel(g)) {
       const Columns columns = patch_columns(g);
       const PixelGrad<scalar_t, acc_t> pixel_grad{gp, nullptr, acc_t(1), g.dim, per_image, 1};
       if (want_kernel_grads) patch_grad = kernel_grad(xc, columns, pixel_grad, num_tokens, stream);
