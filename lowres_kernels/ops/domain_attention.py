@@ -38,35 +38,41 @@ def domain_attention(
     return torch.ops.lowres.domain_attention(v, maps, mix_logits, num_prefix_tokens)
 
 
-@torch.library.register_fake("lowres::domain_attention")
-def _domain_attention_fake(v, maps, mix_logits, num_prefix_tokens):
+def _output_fake(v, maps, mix_logits, num_prefix_tokens):
     check_domain_attention(v, maps, mix_logits, num_prefix_tokens)
     return v.new_empty(v.shape)
 
 
-@torch.library.register_fake("lowres::_domain_attention_backward")
-def _domain_attention_backward_fake(grad, v, maps, mix_logits, num_prefix_tokens, output_mask):
-    return tuple(t.new_empty(t.shape) if wanted else t.new_empty(0) for t, wanted in zip((v, maps, mix_logits), output_mask))
+def _backward_fake(grad, v, maps, mix_logits, num_prefix_tokens, output_mask):
+    like = (v, maps, mix_logits)
+    return tuple(t.new_empty(t.shape) if wanted else t.new_empty(0) for t, wanted in zip(like, output_mask))
 
 
-def _setup_context(ctx, inputs, output):
-    v, maps, mix_logits, num_prefix_tokens = inputs
-    ctx.save_for_backward(v, maps, mix_logits)
-    ctx.num_prefix_tokens = num_prefix_tokens
+def register_implementation(forward_op, backward_op) -> None:
+    """Fake and autograd registrations of one implementation of the op (the compiled one and the
+    Triton one share them). forward_op(v, maps, mix_logits, num_prefix_tokens) returns P @ v;
+    backward_op(grad, v, maps, mix_logits, num_prefix_tokens, output_mask) returns the three
+    gradients, a zero-element tensor where output_mask is false. Both are op identifiers that
+    are also callable."""
+
+    def setup_context(ctx, inputs, output):
+        v, maps, mix_logits, num_prefix_tokens = inputs
+        ctx.save_for_backward(v, maps, mix_logits)
+        ctx.num_prefix_tokens = num_prefix_tokens
+
+    def backward(ctx, grad):
+        v, maps, mix_logits = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad[:3])
+        grads = backward_op(grad, v, maps, mix_logits, ctx.num_prefix_tokens, mask)
+        return tuple(g if wanted else None for g, wanted in zip(grads, mask)) + (None,)
+
+    def no_double_backward(ctx, *grads):
+        raise RuntimeError("domain_attention: double backward (create_graph=True) is not supported")
+
+    torch.library.register_fake(forward_op)(_output_fake)
+    torch.library.register_fake(backward_op)(_backward_fake)
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+    torch.library.register_autograd(backward_op, no_double_backward, setup_context=lambda ctx, inputs, output: None)
 
 
-def _backward(ctx, grad):
-    v, maps, mix_logits = ctx.saved_tensors
-    mask = list(ctx.needs_input_grad[:3])
-    grads = torch.ops.lowres._domain_attention_backward(grad, v, maps, mix_logits, ctx.num_prefix_tokens, mask)
-    return tuple(g if wanted else None for g, wanted in zip(grads, mask)) + (None,)
-
-
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError("domain_attention: double backward (create_graph=True) is not supported")
-
-
-torch.library.register_autograd("lowres::domain_attention", _backward, setup_context=_setup_context)
-torch.library.register_autograd(
-    "lowres::_domain_attention_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
-)
+register_implementation(torch.ops.lowres.domain_attention.default, torch.ops.lowres._domain_attention_backward.default)

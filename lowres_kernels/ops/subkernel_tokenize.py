@@ -44,8 +44,7 @@ def subkernel_tokenize(
     return tokens
 
 
-@torch.library.register_fake("lowres::subkernel_tokenize_with_indices")
-def _subkernel_tokenize_fake(x, weight, logits, bias, sub, step, pool, blend):
+def _tokens_fake(x, weight, logits, bias, sub, step, pool, blend):
     geom = check_subkernel_tokenize(x, weight, logits, bias, sub, step, pool, blend)
     shape = (x.shape[0], weight.shape[0], geom.grid_h, geom.grid_w)
     tokens = x.new_empty(shape)
@@ -53,36 +52,40 @@ def _subkernel_tokenize_fake(x, weight, logits, bias, sub, step, pool, blend):
     return tokens, indices
 
 
-@torch.library.register_fake("lowres::_subkernel_tokenize_backward")
-def _subkernel_tokenize_backward_fake(grad, x, weight, logits, indices, sub, step, pool, blend, output_mask):
+def _backward_fake(grad, x, weight, logits, indices, sub, step, pool, blend, output_mask):
     like = (x, weight, logits, weight.new_empty(weight.shape[0]))
     return tuple(t.new_empty(t.shape) if wanted else t.new_empty(0) for t, wanted in zip(like, output_mask))
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, logits, bias, sub, step, pool, blend = inputs
-    _, indices = output
-    ctx.mark_non_differentiable(indices)
-    ctx.save_for_backward(x, weight, logits, indices)
-    ctx.options = (sub, step, pool, blend)
+def register_implementation(forward_op, backward_op) -> None:
+    """Fake and autograd registrations of one implementation of the op (the compiled one and the
+    Triton one share them). forward_op(x, weight, logits, bias, sub, step, pool, blend) returns
+    (tokens, uint8 window argmax or an empty tensor); backward_op(grad, x, weight, logits,
+    indices, sub, step, pool, blend, output_mask) returns the four gradients, a zero-element
+    tensor where output_mask is false. Both are op identifiers that are also callable."""
+
+    def setup_context(ctx, inputs, output):
+        x, weight, logits, bias, sub, step, pool, blend = inputs
+        _, indices = output
+        ctx.mark_non_differentiable(indices)
+        ctx.save_for_backward(x, weight, logits, indices)
+        ctx.options = (sub, step, pool, blend)
+
+    def backward(ctx, grad_tokens, _grad_indices):
+        x, weight, logits, indices = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad[:4])
+        grads = backward_op(grad_tokens, x, weight, logits, indices, *ctx.options, mask)
+        return tuple(g if wanted else None for g, wanted in zip(grads, mask)) + (None,) * 4
+
+    def no_double_backward(ctx, *grads):
+        raise RuntimeError("subkernel_tokenize: double backward (create_graph=True) is not supported")
+
+    torch.library.register_fake(forward_op)(_tokens_fake)
+    torch.library.register_fake(backward_op)(_backward_fake)
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+    torch.library.register_autograd(backward_op, no_double_backward, setup_context=lambda ctx, inputs, output: None)
 
 
-def _backward(ctx, grad_tokens, _grad_indices):
-    x, weight, logits, indices = ctx.saved_tensors
-    mask = list(ctx.needs_input_grad[:4])
-    grads = torch.ops.lowres._subkernel_tokenize_backward(
-        grad_tokens, x, weight, logits, indices, *ctx.options, mask
-    )
-    return tuple(g if wanted else None for g, wanted in zip(grads, mask)) + (None,) * 4
-
-
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError("subkernel_tokenize: double backward (create_graph=True) is not supported")
-
-
-torch.library.register_autograd(
-    "lowres::subkernel_tokenize_with_indices", _backward, setup_context=_setup_context
-)
-torch.library.register_autograd(
-    "lowres::_subkernel_tokenize_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
+register_implementation(
+    torch.ops.lowres.subkernel_tokenize_with_indices.default, torch.ops.lowres._subkernel_tokenize_backward.default
 )

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from .._validation import check_domain_attention
+from ..ops.domain_attention import register_implementation
 from ._common import (
     accumulate_dtype,
     device_guard,
@@ -296,12 +297,6 @@ def domain_attention_op(
     return _forward(v, maps, mix_logits, h, num_prefix_tokens)
 
 
-@domain_attention_op.register_fake
-def _(v, maps, mix_logits, num_prefix_tokens):
-    check_domain_attention(v, maps, mix_logits, num_prefix_tokens)
-    return torch.empty_like(v, memory_format=torch.contiguous_format)
-
-
 @torch.library.custom_op("lowres_triton::domain_attention_backward", mutates_args=())
 def domain_attention_backward(
     grad: torch.Tensor,
@@ -318,31 +313,7 @@ def domain_attention_backward(
     return _backward(grad, v, maps, mix_logits, h, num_prefix_tokens, list(output_mask))
 
 
-@domain_attention_backward.register_fake
-def _(grad, v, maps, mix_logits, num_prefix_tokens, output_mask):
-    like = (v, maps, mix_logits)
-    return tuple(t.new_empty(t.shape) if wanted else t.new_empty(0) for t, wanted in zip(like, output_mask))
-
-
-def _setup_context(ctx, inputs, output):
-    v, maps, mix_logits, num_prefix_tokens = inputs
-    ctx.save_for_backward(v, maps, mix_logits)
-    ctx.num_prefix_tokens = num_prefix_tokens
-
-
-def _autograd_backward(ctx, grad):
-    v, maps, mix_logits = ctx.saved_tensors
-    mask = list(ctx.needs_input_grad[:3])
-    grads = domain_attention_backward(grad, v, maps, mix_logits, ctx.num_prefix_tokens, mask)
-    return tuple(g if wanted else None for g, wanted in zip(grads, mask)) + (None,)
-
-
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError("domain_attention (triton): double backward (create_graph=True) is not supported")
-
-
-domain_attention_op.register_autograd(_autograd_backward, setup_context=_setup_context)
-domain_attention_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
+register_implementation(domain_attention_op, domain_attention_backward)
 
 
 def domain_attention(

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from .._validation import SubkernelGeometry, check_subkernel_tokenize
+from ..ops.subkernel_tokenize import register_implementation
 from ._common import (
     accumulate_dtype,
     device_guard,
@@ -436,13 +437,6 @@ def subkernel_tokenize_with_indices(
     return _forward(x, weight, logits, bias, g, pool, blend)
 
 
-@subkernel_tokenize_with_indices.register_fake
-def _(x, weight, logits, bias, sub, step, pool, blend):
-    g = check_subkernel_tokenize(x, weight, logits, bias, sub, step, pool, blend)
-    shape = (x.shape[0], weight.shape[0], g.grid_h, g.grid_w)
-    return x.new_empty(shape), x.new_empty(shape if pool == "max" else (0,), dtype=torch.uint8)
-
-
 @torch.library.custom_op("lowres_triton::subkernel_tokenize_backward", mutates_args=())
 def subkernel_tokenize_backward(
     grad: torch.Tensor,
@@ -464,35 +458,7 @@ def subkernel_tokenize_backward(
     return _backward(grad, x, weight, logits, indices, g, pool, blend, list(output_mask))
 
 
-@subkernel_tokenize_backward.register_fake
-def _(grad, x, weight, logits, indices, sub, step, pool, blend, output_mask):
-    like = (x, weight, logits, weight.new_empty(weight.shape[0]))
-    return tuple(t.new_empty(t.shape) if wanted else t.new_empty(0) for t, wanted in zip(like, output_mask))
-
-
-def _setup_context(ctx, inputs, output):
-    x, weight, logits, bias, sub, step, pool, blend = inputs
-    _, indices = output
-    ctx.mark_non_differentiable(indices)
-    ctx.save_for_backward(x, weight, logits, indices)
-    ctx.options = (sub, step, pool, blend)
-
-
-def _autograd_backward(ctx, grad_tokens, _grad_indices):
-    x, weight, logits, indices = ctx.saved_tensors
-    mask = list(ctx.needs_input_grad[:4])
-    grads = subkernel_tokenize_backward(grad_tokens, x, weight, logits, indices, *ctx.options, mask)
-    return tuple(g if wanted else None for g, wanted in zip(grads, mask)) + (None,) * 4
-
-
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError("subkernel_tokenize (triton): double backward (create_graph=True) is not supported")
-
-
-subkernel_tokenize_with_indices.register_autograd(_autograd_backward, setup_context=_setup_context)
-subkernel_tokenize_backward.register_autograd(
-    _no_double_backward, setup_context=lambda ctx, inputs, output: None
-)
+register_implementation(subkernel_tokenize_with_indices, subkernel_tokenize_backward)
 
 
 def subkernel_tokenize(
