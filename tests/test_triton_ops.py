@@ -388,9 +388,9 @@ def test_domain_attention_bad_input(v_shape, maps_shape, mix_shape, num_prefix, 
 def test_float64_autotuning_keeps_only_the_smallest_tiles():
     # FMA multiplication of float64 tiles holds the whole [M, K, N] product: the GPU autotuner
     # must not try the large tiles for it (the interpreter runs a single config, so check directly).
+    from lowres_kernels.triton._common import _GPU_CONFIGS as configs
     from lowres_kernels.triton._common import prune_for_float64
 
-    configs = triton_st._CONFIGS
     for dtype, expected in ((torch.float32, configs), (torch.float64, configs[:1])):
         named_args = {"x_ptr": torch.empty(1, dtype=dtype), "num_tokens": 4}
         assert prune_for_float64(configs, named_args) == expected

@@ -55,9 +55,12 @@ def mma(acc, a, b, FMA_DOT: tl.constexpr, WIDEN_DOT: tl.constexpr):
 _INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 64})
 
 
-def matmul_configs(gpu_configs: list[triton.Config]) -> list[triton.Config]:
-    """The configs to autotune over: the given ones on a GPU, a single one under the interpreter."""
-    return [_INTERPRETER_CONFIG] if INTERPRETING else gpu_configs
+_GPU_CONFIGS = [
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=2, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+]
 
 
 def _block_sum(config: triton.Config) -> int:
@@ -70,6 +73,14 @@ def prune_for_float64(configs, named_args, **kwargs):
         return configs
     smallest = min(_block_sum(c) for c in configs)
     return [c for c in configs if _block_sum(c) == smallest]
+
+
+# The keyword arguments of @triton.autotune shared by every GEMM-shaped kernel (add `key=`): the
+# GPU configs, or a single one under the interpreter.
+MATMUL_AUTOTUNE = dict(
+    configs=[_INTERPRETER_CONFIG] if INTERPRETING else _GPU_CONFIGS,
+    prune_configs_by={"early_config_prune": prune_for_float64},
+)
 
 
 def reduction_splits(output_tiles: int, reduction_blocks: int, device: torch.device) -> int:

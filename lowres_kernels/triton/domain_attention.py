@@ -20,23 +20,15 @@ import triton.language as tl
 from .._validation import check_domain_attention
 from ..ops.domain_attention import register_implementation
 from ._common import (
+    MATMUL_AUTOTUNE,
     accumulate_dtype,
     device_guard,
     dot_flags,
-    matmul_configs,
     mma,
     not_requested,
-    prune_for_float64,
     reduction_splits,
 )
 
-_CONFIGS = [
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=2, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-]
-_AUTOTUNE = dict(configs=matmul_configs(_CONFIGS), prune_configs_by={"early_config_prune": prune_for_float64})
 # Nominal tile used to decide how far to split the batch reduction of dP.
 _NOMINAL_TILE = 64
 
@@ -73,7 +65,7 @@ def _build_mixed_attention_kernel(
     tl.store(p_ptr + rows.to(tl.int64) * N + cols, acc, mask=(rows < N) & (cols < N))
 
 
-@triton.autotune(key=["N", "Dv"], **_AUTOTUNE)
+@triton.autotune(key=["N", "Dv"], **MATMUL_AUTOTUNE)
 @triton.jit
 def _shared_matmul_kernel(
     a_ptr, v_ptr, out_ptr, N, Dv, stride_am, stride_ak,
@@ -103,7 +95,7 @@ def _shared_matmul_kernel(
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-@triton.autotune(key=["B", "N", "Dv"], **_AUTOTUNE)
+@triton.autotune(key=["B", "N", "Dv"], **MATMUL_AUTOTUNE)
 @triton.jit
 def _attention_grad_kernel(
     grad_ptr, v_ptr, partial_ptr, B, N, Dv,

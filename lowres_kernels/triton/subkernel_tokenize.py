@@ -27,23 +27,15 @@ import triton.language as tl
 from .._validation import SubkernelGeometry, check_subkernel_tokenize
 from ..ops.subkernel_tokenize import register_implementation
 from ._common import (
+    MATMUL_AUTOTUNE,
     accumulate_dtype,
     device_guard,
     dot_flags,
-    matmul_configs,
     mma,
     not_requested,
-    prune_for_float64,
     reduction_splits,
 )
 
-_CONFIGS = [
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=2, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-]
-_AUTOTUNE = dict(configs=matmul_configs(_CONFIGS), prune_configs_by={"early_config_prune": prune_for_float64})
 # Nominal tile used to decide how far to split the token reduction of the kernel gradients.
 _NOMINAL_TILE = 64
 
@@ -64,7 +56,7 @@ def _patch_offsets(ks, H, W, SIZE: tl.constexpr):
     return (ks // (SIZE * SIZE)) * H * W + ((ks // SIZE) % SIZE) * W + ks % SIZE
 
 
-@triton.autotune(key=["num_tokens", "D", "C", "SUB", "RATIO", "HAS_FINE", "HAS_PATCH"], **_AUTOTUNE)
+@triton.autotune(key=["num_tokens", "D", "C", "SUB", "RATIO", "HAS_FINE", "HAS_PATCH"], **MATMUL_AUTOTUNE)
 @triton.jit
 def _tokenize_forward_kernel(
     x_ptr, fine_ptr, patch_ptr, bias_ptr, blend_ptr, out_ptr, indices_ptr,
@@ -137,7 +129,7 @@ def _tokenize_forward_kernel(
         tl.store(indices_ptr + out_offsets, arg.to(tl.uint8), mask=out_mask)
 
 
-@triton.autotune(key=["num_tokens", "D", "C", "SUB", "RATIO", "HAS_FINE", "HAS_PATCH"], **_AUTOTUNE)
+@triton.autotune(key=["num_tokens", "D", "C", "SUB", "RATIO", "HAS_FINE", "HAS_PATCH"], **MATMUL_AUTOTUNE)
 @triton.jit
 def _tokenize_input_grad_kernel(
     grad_ptr, indices_ptr, fine_ptr, patch_ptr, dx_ptr,
@@ -189,7 +181,7 @@ def _tokenize_input_grad_kernel(
         tl.store(dx_ptr + offsets, acc.to(dx_ptr.dtype.element_ty), mask=token_ok[:, None] & k_ok[None, :])
 
 
-@triton.autotune(key=["num_tokens", "D", "C", "SIZE", "RATIO", "ROUTED"], **_AUTOTUNE)
+@triton.autotune(key=["num_tokens", "D", "C", "SIZE", "RATIO", "ROUTED"], **MATMUL_AUTOTUNE)
 @triton.jit
 def _tokenize_kernel_grad_kernel(
     grad_ptr, indices_ptr, x_ptr, partial_ptr,
