@@ -33,6 +33,13 @@ SubkernelGeometry check_subkernel_tokenize(const at::Tensor& x, const at::Tensor
                                            const at::Tensor& logits, const std::optional<at::Tensor>& bias,
                                            int64_t sub, int64_t step, std::string_view pool, double blend);
 
+// Validates the inputs of the backward of subkernel_tokenize: the forward's, plus grad (and, for
+// max pooling, the saved window indices) matching the tokens, all on x's device.
+SubkernelGeometry check_subkernel_tokenize_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                    const at::Tensor& weight, const at::Tensor& logits,
+                                                    const at::Tensor& indices, int64_t sub, int64_t step,
+                                                    std::string_view pool, double blend);
+
 // Validates the inputs of domain_attention and returns the grid size h.
 int64_t check_domain_attention(const at::Tensor& v, const at::Tensor& maps, const at::Tensor& mix_logits,
                                int64_t num_prefix_tokens);

@@ -13,15 +13,7 @@ namespace lowres {
 namespace {
 
 // Python's spelling ("torch.float32"), so messages read the same from every backend.
-std::string dtype_name(at::ScalarType t) {
-  switch (t) {
-    case at::kDouble: return "torch.float64";
-    case at::kFloat: return "torch.float32";
-    case at::kHalf: return "torch.float16";
-    case at::kBFloat16: return "torch.bfloat16";
-    default: return std::string("torch.") + c10::toString(t);
-  }
-}
+std::string dtype_name(at::ScalarType t) { return "torch." + std::string(c10::getDtypeNames(t).first); }
 
 bool is_supported_float(at::ScalarType t) {
   return t == at::kDouble || t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
@@ -79,6 +71,28 @@ SubkernelGeometry check_subkernel_tokenize(const at::Tensor& x, const at::Tensor
   return SubkernelGeometry{x.size(0), x.size(1), x.size(2), x.size(3), weight.size(0), q, sub, step, n, ratio,
                            x.size(2) / q, x.size(3) / q, x.size(3) / sub, pool == "max" ? Pool::Max : Pool::Avg,
                            blend};
+}
+
+SubkernelGeometry check_subkernel_tokenize_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                    const at::Tensor& weight, const at::Tensor& logits,
+                                                    const at::Tensor& indices, int64_t sub, int64_t step,
+                                                    std::string_view pool, double blend) {
+  constexpr const char* op = "subkernel_tokenize backward";
+  const SubkernelGeometry g = check_subkernel_tokenize(x, weight, logits, std::nullopt, sub, step, pool, blend);
+  TORCH_CHECK(grad.device() == x.device(), op, ": grad is on ", grad.device(), " but x is on ", x.device(),
+              "; they must be on one device");
+  TORCH_CHECK_VALUE(grad.dim() == 4 && grad.size(0) == g.batch && grad.size(1) == g.dim && grad.size(2) == g.grid_h &&
+                        grad.size(3) == g.grid_w,
+                    op, ": grad must be [", g.batch, ", ", g.dim, ", ", g.grid_h, ", ", g.grid_w, "], got ",
+                    grad.sizes());
+  if (g.pool == Pool::Max) {
+    TORCH_CHECK_VALUE(indices.sizes() == grad.sizes() && indices.scalar_type() == at::kByte, op,
+                      ": indices must be uint8 of shape ", grad.sizes(), ", got ", dtype_name(indices.scalar_type()),
+                      " ", indices.sizes());
+    TORCH_CHECK(indices.device() == x.device(), op, ": indices is on ", indices.device(), " but x is on ",
+                x.device(), "; they must be on one device");
+  }
+  return g;
 }
 
 int64_t check_domain_attention(const at::Tensor& v, const at::Tensor& maps, const at::Tensor& mix_logits,

@@ -261,3 +261,14 @@ def test_subkernel_count_matches_the_release():
         x, weight, logits, _ = make_inputs(batch=1, dim=2, bias=False)
         assert lk.subkernel_tokenize(x, weight, logits, step=step).shape == (1, 2, 2, 2)
     assert math.isqrt(49) == 7
+
+
+def test_bad_input_to_the_raw_backward_op_raises_a_clear_error():
+    x, weight, logits, b = make_inputs()
+    tokens, indices = torch.ops.lowres.subkernel_tokenize_with_indices(x, weight, logits, b, 7, 2, "max", 1.0)
+    backward = torch.ops.lowres._subkernel_tokenize_backward
+    mask = [True, True, True, True]
+    with pytest.raises(ValueError, match=r"grad must be \[2, 8, 2, 2\], got \[2, 8, 2, 1\]"):
+        backward(tokens[..., :1], x, weight, logits, indices, 7, 2, "max", 1.0, mask)
+    with pytest.raises(ValueError, match=r"indices must be uint8 of shape \[2, 8, 2, 2\], got torch.int64"):
+        backward(tokens, x, weight, logits, indices.long(), 7, 2, "max", 1.0, mask)

@@ -346,21 +346,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_ba
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& logits,
     const at::Tensor& indices, int64_t sub, int64_t step, c10::string_view pool, double blend,
     std::array<bool, 4> output_mask) {
-  const SubkernelGeometry g = check_subkernel_tokenize(x, weight, logits, std::nullopt, sub, step, pool, blend);
+  const SubkernelGeometry g = check_subkernel_tokenize_backward(grad, x, weight, logits, indices, sub, step, pool, blend);
   TORCH_CHECK(x.is_cuda(), "subkernel_tokenize backward: the CUDA kernel got x on ", x.device());
-  TORCH_CHECK(grad.device() == x.device(), "subkernel_tokenize backward: grad is on ", grad.device(), " but x is on ",
-              x.device(), "; they must be on one device");
-  TORCH_CHECK_VALUE(grad.dim() == 4 && grad.size(0) == g.batch && grad.size(1) == g.dim && grad.size(2) == g.grid_h &&
-                        grad.size(3) == g.grid_w,
-                    "subkernel_tokenize backward: grad must be [", g.batch, ", ", g.dim, ", ", g.grid_h, ", ",
-                    g.grid_w, "], got ", grad.sizes());
-  if (g.pool == Pool::Max) {
-    TORCH_CHECK_VALUE(indices.sizes() == grad.sizes() && indices.scalar_type() == at::kByte,
-                      "subkernel_tokenize backward: indices must be uint8 of shape ", grad.sizes(), ", got ",
-                      indices.scalar_type(), " ", indices.sizes());
-    TORCH_CHECK(indices.device() == x.device(), "subkernel_tokenize backward: indices is on ", indices.device(),
-                " but x is on ", x.device(), "; they must be on one device");
-  }
   const c10::cuda::CUDAGuard guard(x.device());
   const bool want_x = output_mask[0], want_weight = output_mask[1], want_logits = output_mask[2];
   at::Tensor grad_x = not_requested(x), grad_weight = not_requested(weight), grad_logits = not_requested(logits);
