@@ -1,14 +1,14 @@
 """The Triton backend (lowres_kernels.triton) against the naive oracles in lowres_kernels.reference.
 
 On a machine with a GPU the kernels run compiled on CUDA tensors. Without one they run on CPU
-tensors under the Triton interpreter, which triton reads when it is first imported: this module
-enables it just for that import (and for its own tests), so other test files see no change.
+tensors under the Triton interpreter, which must be on for the whole process before triton is
+imported: `TRITON_INTERPRET=1 pytest tests/test_triton_ops.py` (scripts/test.sh does this);
+otherwise this module skips.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 import torch
@@ -20,36 +20,14 @@ from lowres_kernels import reference
 GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if GPU else "cpu")
 
-if not GPU:
-    _already_imported = "triton" in sys.modules
-    _previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        pytest.importorskip("triton")
-        from lowres_kernels.triton import _common
-        from lowres_kernels.triton import domain_attention as triton_da
-        from lowres_kernels.triton import subkernel_tokenize as triton_st
-    finally:
-        if _previous is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = _previous
-    if _already_imported and not _common.INTERPRETING:  # pragma: no cover
-        pytest.skip(
-            "triton was imported before this module could enable its interpreter; run this file on its own",
-            allow_module_level=True,
-        )
-else:
-    pytest.importorskip("triton")
-    from lowres_kernels.triton import domain_attention as triton_da
-    from lowres_kernels.triton import subkernel_tokenize as triton_st
-
-
-@pytest.fixture(autouse=True)
-def _triton_on_this_device(monkeypatch):
-    """The backend check reads TRITON_INTERPRET at call time: keep it on during these tests only."""
-    if not GPU:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
+if not GPU and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip(
+        "no GPU: run the Triton kernels under the interpreter with `TRITON_INTERPRET=1 pytest tests/test_triton_ops.py`",
+        allow_module_level=True,
+    )
+pytest.importorskip("triton")
+from lowres_kernels.triton import domain_attention as triton_da  # noqa: E402
+from lowres_kernels.triton import subkernel_tokenize as triton_st  # noqa: E402
 
 
 def check_against_oracle(ours_fn, oracle_fn, masters, dtype, *, check_grads=True):
