@@ -238,14 +238,25 @@ std::tuple<at::Tensor, at::Tensor> subkernel_tokenize_cpu(const at::Tensor& x, c
   return {out, indices};
 }
 
-// Accumulates, over all tiles, what the weight and logit gradients need:
-//   fine_grad  [D, C u u] = sum dfine cols_fine^T   (max pooling)
-//   patch_grad [D, C q q] = sum g cols_patch^T       (the patch kernel's own gradient)
-// and writes dx. Each thread sums into its own slice; the slices are added at the end.
+// dL/d(q x q kernel) [D, C q q] = grad [D, B G] @ patches [B G, C q q] as ONE GEMM over every
+// token of the batch: BLAS runs the long reduction at full speed, where per-tile accumulation into
+// the [D, C q q] output spends its time re-reading that output. The two operands are copies the
+// size of the image and of the tokens.
+at::Tensor patch_kernel_grad(const SubkernelGeometry& g, const at::Tensor& x, const at::Tensor& grad) {
+  const int64_t q = g.patch, tokens = g.batch * g.grid_h * g.grid_w;
+  const at::Tensor patches = x.view({g.batch, g.channels, g.grid_h, q, g.grid_w, q})
+                                 .permute({0, 2, 4, 1, 3, 5})
+                                 .reshape({tokens, g.channels * q * q});
+  const at::Tensor grad_rows = grad.view({g.batch, g.dim, g.grid_h * g.grid_w}).transpose(0, 1).reshape({g.dim, tokens});
+  return at::mm(grad_rows, patches);
+}
+
+// Accumulates over all tiles fine_grad [D, C u u] = sum dfine cols_fine^T (max pooling; the
+// routed gradient exists only per tile), and writes dx. Each thread sums into its own slice of
+// fine_grad; the slices are added at the end.
 template <typename T>
 void backward_tiles(const SubkernelGeometry& g, const SubkernelKernels& k, const at::Tensor& x, const at::Tensor& grad,
-                    const at::Tensor& indices, bool want_kernel_grads, at::Tensor& dx, at::Tensor& fine_grad,
-                    at::Tensor& patch_grad) {
+                    const at::Tensor& indices, bool want_kernel_grads, at::Tensor& dx, at::Tensor& fine_grad) {
   const int64_t rows_per_tile = tile_rows(g, /*min_fine=*/1024, /*min_tokens=*/256);
   const int64_t tiles = g.batch * ((g.grid_h + rows_per_tile - 1) / rows_per_tile);
   const int64_t fine_k = g.channels * g.sub * g.sub, patch_k = g.channels * g.patch * g.patch;
@@ -266,7 +277,7 @@ void backward_tiles(const SubkernelGeometry& g, const SubkernelKernels& k, const
       cols = at::empty({fine_k * max_fine_cols}, opts);
       dfine = at::empty({D * max_fine_cols}, opts);
     }
-    if (patch_path) {
+    if (patch_path && dxp != nullptr) {
       pcols = at::empty({patch_k * max_tokens}, opts);
       gtile = at::empty({D * max_tokens}, opts);
     }
@@ -297,22 +308,16 @@ void backward_tiles(const SubkernelGeometry& g, const SubkernelKernels& k, const
           col2im_fine<T>(g, cols.data_ptr<T>(), t, dxp);
         }
       }
-      if (patch_path) {
+      if (patch_path && dxp != nullptr) {
         at::Tensor g_view = scratch(gtile, D, tokens);
         T* gt = gtile.data_ptr<T>();
         for (int64_t d = 0; d < D; ++d) {
           const T* src = gp + ((t.b * D + d) * g.grid_h + t.row0) * gw;
           std::copy(src, src + tokens, gt + d * tokens);
         }
-        if (want_kernel_grads) {
-          im2col_patch<T>(g, xp, t, pcols.data_ptr<T>());
-          patch_grad[thread].addmm_(g_view, scratch(pcols, patch_k, tokens).t());
-        }
-        if (dxp != nullptr) {
-          at::Tensor dcols = scratch(pcols, patch_k, tokens);
-          at::mm_out(dcols, k.patch.t(), g_view);
-          col2im_patch<T>(g, pcols.data_ptr<T>(), t, dxp);
-        }
+        at::Tensor dcols = scratch(pcols, patch_k, tokens);
+        at::mm_out(dcols, k.patch.t(), g_view);
+        col2im_patch<T>(g, pcols.data_ptr<T>(), t, dxp);
       }
     }
   });
@@ -343,18 +348,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_ba
   const int64_t threads = at::get_num_threads();
   at::Tensor dx = want_x ? at::zeros(xa.sizes(), xa.options()) : at::Tensor();
   at::Tensor fine_grad, patch_grad;
-  const int64_t fine_k = g.channels * g.sub * g.sub, patch_k = g.channels * g.patch * g.patch;
+  const int64_t fine_k = g.channels * g.sub * g.sub;
   if (want_kernel_grads && uses_fine_kernel(g)) fine_grad = at::zeros({threads, g.dim, fine_k}, xa.options());
-  if (want_kernel_grads && uses_patch_kernel(g)) patch_grad = at::zeros({threads, g.dim, patch_k}, xa.options());
+  if (want_kernel_grads && uses_patch_kernel(g)) patch_grad = patch_kernel_grad(g, xa, ga);
   AT_DISPATCH_FLOATING_TYPES(acc, "subkernel_tokenize_cpu_backward", [&] {
-    backward_tiles<scalar_t>(g, k, xa, ga, ia, want_kernel_grads, dx, fine_grad, patch_grad);
+    backward_tiles<scalar_t>(g, k, xa, ga, ia, want_kernel_grads, dx, fine_grad);
   });
   if (want_x) grad_x = dx.to(x.scalar_type());
   if (!want_kernel_grads) return {grad_x, grad_weight, grad_logits, grad_bias};
 
   const auto [weight_grad, logits_grad] =
       subkernel_kernel_grads(g, k, fine_grad.defined() ? fine_grad.sum(0) : fine_grad,
-                             patch_grad.defined() ? patch_grad.sum(0) : patch_grad, want_weight, want_logits);
+                             patch_grad, want_weight, want_logits);
   if (want_weight) grad_weight = weight_grad.to(weight.scalar_type());
   if (want_logits) grad_logits = logits_grad.to(logits.scalar_type());
   return {grad_x, grad_weight, grad_logits, grad_bias};
