@@ -87,7 +87,7 @@ def plot_subkernel_weights(weights, path: PathLike = "subkernel_weights.png", *,
         mid = (weights.max() + weights.min()) / 2
         for a in range(n):
             for b in range(n):
-                ax.text(b, a, f"{100 * weights[a, b]:.1f}", ha="center", va="center", fontsize=7,
+                ax.text(b, a, f"{100 * weights[a, b]:.1f}%", ha="center", va="center", fontsize=7,
                         color="black" if weights[a, b] > mid else "white")
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))
