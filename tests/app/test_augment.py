@@ -24,17 +24,10 @@ from lowres_vision.augment.cache import Manifest as ManifestClass  # noqa: E402
 from lowres_vision.augment.generate import Job  # noqa: E402
 from lowres_vision.data import ImageReadError  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 CLASS_NAMES = {0: "resistor", 1: "capacitor", 2: "diode"}
 CONFIG = dict(m=1, steps=4, resolution=64, batch_size=4)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny UNet is latency-bound; several threads on a shared 2-core machine only contend.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

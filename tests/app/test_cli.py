@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
 from test_data import write_toy_lite
 
 from lowres_vision import cli
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 TINY = ["--tiny", "--image-size", "56", "--batch-size", "4", "--lr", "0.01", "--eval-every", "0"]
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def lite_root(tmp_path_factory) -> Path:
-    return write_toy_lite(tmp_path_factory.mktemp("lite"))
 
 
 def test_help_lists_the_commands(capsys):

@@ -15,6 +15,8 @@ from lowres_vision.core import (
     enrich_queries, read_captions, tune_alpha_beta, weighted_caption_embedding,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 class LookupEncoder:
     """Deterministic stand-in for a text encoder: caption i -> row i of a fixed unit-norm table."""
@@ -42,15 +44,6 @@ class FailingEncoder(LookupEncoder):
         if self.calls + 1 == self.fail_at:
             raise KeyboardInterrupt("simulated kill")
         return super().encode(texts)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # The CI machine is small and shared: two intra-op threads make these tiny models ~20x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_captions(count):

@@ -87,11 +87,6 @@ def write_toy_lite(root: Path, *, shots: int = 4, eval_shots: int = 2, pairs: in
     return root
 
 
-@pytest.fixture(scope="module")
-def lite_root(tmp_path_factory) -> Path:
-    return write_toy_lite(tmp_path_factory.mktemp("lite"))
-
-
 def test_circuits_with_and_without_header(lite_root):
     train = load_circuits(lite_root, "train")
     test = load_circuits(lite_root, "test")

@@ -13,24 +13,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 from safetensors.torch import load_file
-from test_data import write_toy_lite
 
 from lowres_vision.config import TrainConfig
 from lowres_vision.training import evaluate, train
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    # The CI machine has 2 cores shared by many jobs; one thread is faster and bitwise reproducible.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def lite_root(tmp_path_factory) -> Path:
-    return write_toy_lite(tmp_path_factory.mktemp("lite"))
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _config(lite_root: Path, out: Path, **overrides) -> TrainConfig:
