@@ -4,6 +4,8 @@
     pytest bench/ --bench-save                      # ... and write bench/results/<device>.{md,json,png}
     pytest bench/ --benchmark-json=run.json         # ... keep pytest-benchmark's JSON (python -m bench.report run.json)
     pytest bench/ --benchmark-disable               # CI smoke test: tiny shapes, one call per case
+    pytest bench/ --bench-records=run.jsonl         # ... append each case as it is measured (survives a kill;
+                                                    #     python -m bench.report run.jsonl renders it)
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ def pytest_addoption(parser):
     group.addoption("--bench-save", action="store_true",
                     help="write bench/results/<device>.md, .json and .png from this run")
     group.addoption("--bench-results-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    group.addoption("--bench-records", type=Path, default=None,
+                    help="append every measured case to this JSON-lines file as it finishes (after an "
+                    "environment line), so a run that is killed keeps what it measured")
 
 
 def settings(config) -> harness.Settings:
@@ -48,6 +53,7 @@ def settings(config) -> harness.Settings:
             seconds=config.getoption("--bench-seconds"),
             max_case_seconds=config.getoption("--bench-max-case-seconds"),
             min_rounds=config.getoption("benchmark_min_rounds"),
+            records_path=config.getoption("--bench-records"),
         )
     return config.stash[_SETTINGS]
 
@@ -56,6 +62,9 @@ def pytest_configure(config):
     threads = config.getoption("--bench-threads") or (1 if settings(config).smoke else None)
     if threads is not None:
         torch.set_num_threads(threads)
+    records_path = settings(config).records_path
+    if records_path is not None:
+        report.append_environment(records_path, report.environment(settings(config).device.type, _command(config)))
     # Every (peer, op, shape) is its own static-shape compile of a shared peer function.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 

@@ -11,9 +11,11 @@ which sees every tensor allocation but not BLAS/oneDNN-internal scratch buffers)
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -211,6 +213,7 @@ class Settings:
     seconds: float  # time budget for one case's rounds
     max_case_seconds: float  # fewer rounds (down to one) for calls so slow that the budget would be exceeded
     min_rounds: int
+    records_path: Optional[Path] = None  # JSON lines, one per measured case, appended as measured
 
     def rounds(self, seconds_per_call: float) -> int:
         rounds = max(self.min_rounds, math.ceil(self.seconds / max(seconds_per_call, 1e-9)))
@@ -329,4 +332,7 @@ def measure(benchmark, run: Callable[[], None], settings: Settings, *, compiled:
         record.median_s, record.min_s, record.iqr_s = stats.stats.median, stats.stats.min, stats.stats.iqr
         record.rounds = stats.stats.rounds
         RECORDS.append(record)
+        if settings.records_path is not None:
+            with open(settings.records_path, "a") as records:
+                records.write(json.dumps({"record": record.to_dict()}) + "\n")
     return record

@@ -3,7 +3,8 @@
 Every ratio is peer time / our time from the same run (ours = the fastest of our backends), so
 a noisy machine still compares fairly. Used at the end of `pytest bench/ --bench-save` (the
 records in memory) and as `python -m bench.report RUN.json` on a pytest-benchmark JSON file
-(`pytest bench/ --benchmark-json=RUN.json`), whose machine_info holds the environment.
+(`pytest bench/ --benchmark-json=RUN.json`), whose machine_info holds the environment, or on the
+JSON lines that `pytest bench/ --bench-records=RUN.jsonl` appends case by case.
 """
 
 from __future__ import annotations
@@ -464,16 +465,40 @@ def records_from_benchmark_json(payload: dict) -> list[Record]:
     return records
 
 
+def append_environment(path: Path, env: dict) -> None:
+    """Starts (or continues) a records file: an environment line, then `{"record": ...}` lines."""
+    with open(path, "a") as records:
+        records.write(json.dumps({"environment": env}) + "\n")
+
+
+def records_from_jsonl(path: Path) -> tuple[Optional[dict], list[Record]]:
+    """The first environment and every record of a `--bench-records` file (several runs may append to it)."""
+    env, records = None, []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        entry = json.loads(line)
+        if "environment" in entry:
+            env = env or entry["environment"]
+        else:
+            records.append(Record(**entry["record"]))
+    return env, records
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("benchmark_json", type=Path, help="written by pytest bench/ --benchmark-json=FILE")
+    parser.add_argument("run", type=Path,
+                        help="written by pytest bench/ --benchmark-json=FILE, or --bench-records=FILE.jsonl")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
-    payload = json.loads(args.benchmark_json.read_text())
-    env = payload.get("machine_info", {}).get("lowres")
+    if args.run.suffix == ".jsonl":
+        env, records = records_from_jsonl(args.run)
+    else:
+        payload = json.loads(args.run.read_text())
+        env, records = payload.get("machine_info", {}).get("lowres"), records_from_benchmark_json(payload)
     if env is None:
-        sys.exit(f"{args.benchmark_json}: no machine_info.lowres; was it written by pytest bench/?")
-    for path in write_results(args.out, env, records_from_benchmark_json(payload)):
+        sys.exit(f"{args.run}: no lowres environment; was it written by pytest bench/?")
+    for path in write_results(args.out, env, records):
         print(path)
 
 

@@ -89,3 +89,21 @@ def test_write_results_and_read_back_from_benchmark_json(tmp_path):
         for r in records
     ] + [{"extra_info": {}, "stats": {}}]}
     assert report.records_from_benchmark_json(benchmark_json) == records
+
+
+def test_records_file_round_trips_and_renders(tmp_path):
+    path = tmp_path / "run.jsonl"
+    records = _records()
+    report.append_environment(path, ENV)
+    with open(path, "a") as lines:
+        for record in records[:4]:
+            lines.write(json.dumps({"record": record.to_dict()}) + "\n")
+    # A second run appending to the same file (say, after the first was killed) keeps the first environment.
+    report.append_environment(path, {**ENV, "commit": "later"})
+    with open(path, "a") as lines:
+        for record in records[4:]:
+            lines.write(json.dumps({"record": record.to_dict()}) + "\n")
+    env, read = report.records_from_jsonl(path)
+    assert env == ENV and read == records
+    report.main([str(path), "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "cpu-test-9000.md").exists()

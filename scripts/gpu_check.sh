@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The checks of a session that is lent a GPU (../shared/GPU.md), as one prepared command:
+#
+#   OUT=/tmp/gpu bash scripts/gpu_check.sh build tests sanitize bench-quick
+#   OUT=/tmp/gpu bash scripts/gpu_check.sh build tests bench
+#
+# Stages run in the order given, each under its own time limit, and a failing stage does not stop
+# the next one. Everything lands in $OUT: log.txt (every stage's output), records.jsonl (benchmark
+# cases, appended as each is measured, so a killed run keeps them) and results/ (the rendered
+# tables and plot, as bench/results/ holds them).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+PYTHON=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+[ -d /usr/local/cuda ] && export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+
+stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, report the exit status and wall time
+  local name=$1 limit=$2 start=$SECONDS rc
+  shift 2
+  echo "=== $name: start $(date -u +%T) (limit ${limit}s)"
+  timeout --kill-after=10 "$limit" "$@"
+  rc=$?
+  echo "=== $name: exit $rc after $((SECONDS - start))s"
+}
+
+bench() {  # bench SECONDS PYTEST-ARGS...: one slice of the benchmarks, appended to records.jsonl
+  local limit=$1
+  shift
+  stage "bench $*" "$limit" "$PYTHON" -m pytest -q -p no:cacheprovider --bench-seconds 0.5 \
+    --bench-records "$OUT/records.jsonl" "$@"
+}
+
+environment() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  "$PYTHON" -c "import torch, triton, sys; print('python', sys.version.split()[0], '| torch', torch.__version__,
+'| cuda', torch.version.cuda, '| triton', triton.__version__, '|', torch.cuda.get_device_name(),
+torch.cuda.get_device_properties(0).multi_processor_count, 'SMs')"
+  nvcc --version | tail -2
+  uname -r
+}
+
+{
+  environment
+  if [ -d .whl ]; then  # packages the GPU image lacks (open_clip for the training-step benchmark)
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+      && export PYTHONPATH=/tmp/site
+  fi
+  for name in "$@"; do
+    case $name in
+      build)
+        TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} LOWRES_CUDA=1 \
+          stage build 420 "$PYTHON" -m pip install --no-build-isolation --no-deps -e . ;;
+      tests)
+        stage tests 240 "$PYTHON" -m pytest -q -n 8 -p no:cacheprovider -rfE --tb=short \
+          tests/test_cuda_ops.py tests/test_triton_ops.py tests/test_nn_and_backends.py ;;
+      sanitize)
+        stage memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 1 "$PYTHON" scripts/cuda_memcheck.py
+        stage racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 "$PYTHON" scripts/cuda_memcheck.py \
+          --backend cuda --dtype float32 ;;
+      bench-quick)  # the headline shape without the compiled peers: a first look in under two minutes
+        bench 100 -k "vit_h14_b8 and not compile" --bench-seconds 0.2 bench/test_kernels.py ;;
+      bench)  # in order of importance, so a time limit cuts the least useful slice
+        bench 240 -k vit_h14_b8 bench/test_kernels.py
+        bench 120 bench/test_training_step.py
+        bench 150 -k vit_h14_b64 bench/test_kernels.py
+        bench 90 -k "vit_h14_b1 or vit_b16_b8" bench/test_kernels.py ;;
+      *) echo "unknown stage $name"; exit 2 ;;
+    esac
+  done
+  if [ -s "$OUT/records.jsonl" ]; then
+    "$PYTHON" -m bench.report "$OUT/records.jsonl" --out "$OUT/results"
+    cat "$OUT"/results/*.md
+  fi
+} 2>&1 | tee "$OUT/log.txt"
