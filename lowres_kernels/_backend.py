@@ -18,10 +18,11 @@ from ._library import cuda_kernels_built
 
 BACKENDS = ("cpp", "cuda", "triton", "reference")
 ENV_VAR = "LOWRES_BACKEND"
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 def triton_available(device: torch.device) -> bool:
-    if importlib.util.find_spec("triton") is None:
+    if not _TRITON_INSTALLED:
         return False
     if device.type == "cuda":
         return True

@@ -27,5 +27,10 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"lowres::{op}", dispatch_key)
 
 
+# Read once: a plain bool that torch.compile can constant-fold (the dispatcher query itself
+# returns a non-tensor, which Dynamo cannot trace).
+_CUDA_KERNELS_BUILT = has_kernel("domain_attention", "CUDA")
+
+
 def cuda_kernels_built() -> bool:
-    return has_kernel("domain_attention", "CUDA")
+    return _CUDA_KERNELS_BUILT

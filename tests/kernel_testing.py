@@ -38,7 +38,7 @@ def assert_close_to_oracle(ours: torch.Tensor, oracle64: torch.Tensor, stock: to
 def grads(output: torch.Tensor, inputs, seed: int = 0):
     """Gradients of <output, R> for a fixed random R (same R for every backend and dtype)."""
     generator = torch.Generator().manual_seed(seed)
-    weight = torch.randn(output.shape, generator=generator, dtype=torch.float64).to(output.dtype)
+    weight = torch.randn(output.shape, generator=generator, dtype=torch.float64).to(output.device, output.dtype)
     wanted = [t for t in inputs if t is not None and t.requires_grad]
     return torch.autograd.grad(output, wanted, weight)
 

@@ -1,6 +1,7 @@
 // Device helpers shared by the CUDA kernels of both ops.
 #pragma once
 
+#include <c10/util/Exception.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -59,5 +60,14 @@ __device__ T block_reduce(T value, Op op, T identity, T* scratch) {
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The launch grid, or a clear error naming the op and the sizes where they exceed what one CUDA
+// launch takes (x below 2^31, y and z at most 65535 blocks) instead of the launch failing with
+// "invalid configuration argument".
+inline dim3 launch_grid(const char* op, int64_t x, int64_t y, int64_t z = 1) {
+  TORCH_CHECK(x <= 2147483647 && y <= 65535 && z <= 65535, op, ": these inputs need a grid of ", x, " x ", y, " x ",
+              z, " blocks, more than one CUDA launch takes (at most 2^31 - 1 x 65535 x 65535)");
+  return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y), static_cast<unsigned>(z));
+}
 
 }  // namespace lowres::cuda

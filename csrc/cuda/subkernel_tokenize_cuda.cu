@@ -299,7 +299,7 @@ std::tuple<at::Tensor, at::Tensor> subkernel_tokenize_cuda(const at::Tensor& x, 
   const at::Tensor xc = x.contiguous();
   const at::Tensor bc = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   const int64_t num_tokens = g.batch * g.grid_h * g.grid_w;
-  const dim3 grid(ceil_div(num_tokens, kTile), ceil_div(g.dim, kTile));
+  const dim3 grid = launch_grid("subkernel_tokenize", ceil_div(num_tokens, kTile), ceil_div(g.dim, kTile));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "subkernel_tokenize_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     tokenize_forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
@@ -325,7 +325,7 @@ at::Tensor kernel_grad(const at::Tensor& x, const Columns& columns, const PixelG
       ceil_div(std::max<int64_t>(ceil_div(num_pixels, wanted_splits), 4 * kDepth), kDepth) * kDepth;
   const int64_t splits = ceil_div(num_pixels, chunk);
   at::Tensor partial = at::empty({splits, dim, depth}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-  const dim3 grid(ceil_div(depth, kTile), ceil_div(dim, kTile), splits);
+  const dim3 grid = launch_grid("subkernel_tokenize backward", ceil_div(depth, kTile), ceil_div(dim, kTile), splits);
   kernel_grad_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(x.data_ptr<scalar_t>(), columns, pixel_grad,
                                                                      num_pixels, chunk, partial.data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -336,7 +336,8 @@ template <typename scalar_t, typename acc_t>
 void input_grad(const Columns& columns, const PixelGrad<scalar_t, acc_t>& pixel_grad, const at::Tensor& kernel,
                 int64_t num_tokens, at::Tensor& dx, cudaStream_t stream) {
   const int64_t num_pixels = num_tokens * columns.windows();
-  const dim3 grid(ceil_div(num_pixels, kTile), ceil_div(columns.depth(), kTile));
+  const dim3 grid =
+      launch_grid("subkernel_tokenize backward", ceil_div(num_pixels, kTile), ceil_div(columns.depth(), kTile));
   input_grad_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(columns, pixel_grad, kernel.data_ptr<acc_t>(),
                                                                     num_pixels, dx.data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
