@@ -13,6 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kernel_testing import check_autocast_computes_in_float32
+
 import lowres_kernels as lk
 from lowres_kernels import reference
 from lowres_kernels._library import cuda_kernels_built
@@ -425,3 +427,7 @@ def test_domain_attention_mixed_devices_raise():
         torch.ops.lowres.domain_attention(v, maps, mix_logits, 1)
     with pytest.raises(RuntimeError, match=r"mix_logits is on cpu but v is on cuda"):
         lk.domain_attention(v, maps.to(DEVICE), mix_logits.cpu(), backend=BACKEND)
+
+
+def test_ops_compute_in_float32_under_autocast():
+    check_autocast_computes_in_float32(DEVICE, BACKEND)

@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from kernel_testing import check_autocast_computes_in_float32
+
 import lowres_kernels as lk
 from lowres_kernels.nn import DomainAttention, SubKernelPatchEmbed
 
@@ -128,3 +130,7 @@ def test_the_default_backend_on_cpu_is_the_cpp_kernel(monkeypatch):
     with torch.autograd.profiler.profile() as prof:
         lk.subkernel_tokenize(x, weight, logits)
     assert any(e.name == "lowres::subkernel_tokenize_with_indices" for e in prof.function_events)
+
+
+def test_ops_compute_in_float32_under_autocast():
+    check_autocast_computes_in_float32("cpu", "cpp")

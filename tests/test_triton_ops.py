@@ -12,7 +12,7 @@ import os
 
 import pytest
 import torch
-from kernel_testing import REDUCED_PRECISION, assert_close_to_oracle, grads, leaves
+from kernel_testing import REDUCED_PRECISION, assert_close_to_oracle, check_autocast_computes_in_float32, grads, leaves
 
 import lowres_kernels as lk
 from lowres_kernels import reference
@@ -380,3 +380,7 @@ def test_tensors_on_two_devices_raise():
     v, maps, mix_logits = attention_inputs(2, 3, 1, torch.float32)
     with pytest.raises(RuntimeError, match="maps is on cpu but v is on cuda"):
         lk.domain_attention(v, maps.cpu(), mix_logits, num_prefix_tokens=1, backend="triton")
+
+
+def test_ops_compute_in_float32_under_autocast():
+    check_autocast_computes_in_float32(DEVICE, "triton")

@@ -1,5 +1,5 @@
-"""domain_attention: the functional entry point, its backend dispatch, and the autograd and
-fake (meta) registrations of the compiled op `lowres::domain_attention`."""
+"""domain_attention: the functional entry point, its backend dispatch, and the autograd,
+autocast and fake (meta) registrations of the compiled op `lowres::domain_attention`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from .. import reference
 from .._backend import resolve_backend
+from .._library import compute_in_float32_under_autocast
 from .._validation import check_domain_attention
 
 
@@ -49,7 +50,7 @@ def _backward_fake(grad, v, maps, mix_logits, num_prefix_tokens, output_mask):
 
 
 def register_implementation(forward_op, backward_op) -> None:
-    """Fake and autograd registrations of one implementation of the op (the compiled one and the
+    """Fake, autograd and autocast registrations of one implementation of the op (the compiled one and the
     Triton one share them). forward_op(v, maps, mix_logits, num_prefix_tokens) returns P @ v;
     backward_op(grad, v, maps, mix_logits, num_prefix_tokens, output_mask) returns the three
     gradients, a zero-element tensor where output_mask is false. Both are op identifiers that
@@ -73,6 +74,7 @@ def register_implementation(forward_op, backward_op) -> None:
     torch.library.register_fake(backward_op)(_backward_fake)
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
     torch.library.register_autograd(backward_op, no_double_backward, setup_context=lambda ctx, inputs, output: None)
+    compute_in_float32_under_autocast(forward_op, backward_op)
 
 
 register_implementation(torch.ops.lowres.domain_attention.default, torch.ops.lowres._domain_attention_backward.default)

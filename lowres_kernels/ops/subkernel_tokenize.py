@@ -1,5 +1,5 @@
-"""subkernel_tokenize: the functional entry point, its backend dispatch, and the autograd and
-fake (meta) registrations of the compiled op `lowres::subkernel_tokenize_with_indices`."""
+"""subkernel_tokenize: the functional entry point, its backend dispatch, and the autograd,
+autocast and fake (meta) registrations of the compiled op `lowres::subkernel_tokenize_with_indices`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from .. import reference
 from .._backend import resolve_backend
+from .._library import compute_in_float32_under_autocast
 from .._validation import check_subkernel_tokenize
 
 
@@ -58,7 +59,7 @@ def _backward_fake(grad, x, weight, logits, indices, sub, step, pool, blend, out
 
 
 def register_implementation(forward_op, backward_op) -> None:
-    """Fake and autograd registrations of one implementation of the op (the compiled one and the
+    """Fake, autograd and autocast registrations of one implementation of the op (the compiled one and the
     Triton one share them). forward_op(x, weight, logits, bias, sub, step, pool, blend) returns
     (tokens, uint8 window argmax or an empty tensor); backward_op(grad, x, weight, logits,
     indices, sub, step, pool, blend, output_mask) returns the four gradients, a zero-element
@@ -84,6 +85,7 @@ def register_implementation(forward_op, backward_op) -> None:
     torch.library.register_fake(backward_op)(_backward_fake)
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
     torch.library.register_autograd(backward_op, no_double_backward, setup_context=lambda ctx, inputs, output: None)
+    compute_in_float32_under_autocast(forward_op, backward_op)
 
 
 register_implementation(
