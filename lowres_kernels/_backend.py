@@ -2,7 +2,9 @@
 
 `backend=` on every op (or the LOWRES_BACKEND environment variable) picks one of BACKENDS;
 "auto" (the default) picks the fastest available for the tensors' device: the C++ kernels
-on CPU, the CUDA kernels on NVIDIA GPUs (Triton where the extension was built without CUDA).
+on CPU, the CUDA kernels on NVIDIA GPUs (Triton where the extension was built without CUDA):
+on an H200 the CUDA kernels beat the Triton ones for both ops at every benchmarked shape
+(bench/results/cuda-nvidia-h200.md).
 An explicit choice that cannot run on the given device raises instead of falling back.
 """
 
