@@ -33,8 +33,8 @@ SubkernelGeometry check_subkernel_tokenize(const at::Tensor& x, const at::Tensor
                                            const at::Tensor& logits, const std::optional<at::Tensor>& bias,
                                            int64_t sub, int64_t step, std::string_view pool, double blend);
 
-// Validates the inputs of the backward of subkernel_tokenize: the forward's, plus grad (and, for
-// max pooling, the saved window indices) matching the tokens, all on x's device.
+// Validates the inputs of the backward of subkernel_tokenize: the forward's, plus grad (x's dtype,
+// the tokens' shape) and, for max pooling, the saved window indices, all on x's device.
 SubkernelGeometry check_subkernel_tokenize_backward(const at::Tensor& grad, const at::Tensor& x,
                                                     const at::Tensor& weight, const at::Tensor& logits,
                                                     const at::Tensor& indices, int64_t sub, int64_t step,
@@ -43,6 +43,11 @@ SubkernelGeometry check_subkernel_tokenize_backward(const at::Tensor& grad, cons
 // Validates the inputs of domain_attention and returns the grid size h.
 int64_t check_domain_attention(const at::Tensor& v, const at::Tensor& maps, const at::Tensor& mix_logits,
                                int64_t num_prefix_tokens);
+
+// Validates the inputs of the backward of domain_attention (the forward's, plus grad with v's
+// dtype, device and shape) and returns h.
+int64_t check_domain_attention_backward(const at::Tensor& grad, const at::Tensor& v, const at::Tensor& maps,
+                                        const at::Tensor& mix_logits, int64_t num_prefix_tokens);
 
 // The kernels one subkernel_tokenize call multiplies the image with, in the accumulation dtype
 // and on the weight's device (csrc/subkernel_kernels.cpp):

@@ -79,8 +79,7 @@ SubkernelGeometry check_subkernel_tokenize_backward(const at::Tensor& grad, cons
                                                     std::string_view pool, double blend) {
   constexpr const char* op = "subkernel_tokenize backward";
   const SubkernelGeometry g = check_subkernel_tokenize(x, weight, logits, std::nullopt, sub, step, pool, blend);
-  TORCH_CHECK(grad.device() == x.device(), op, ": grad is on ", grad.device(), " but x is on ", x.device(),
-              "; they must be on one device");
+  check_float_like(op, "grad", grad, "x", x);
   TORCH_CHECK_VALUE(grad.dim() == 4 && grad.size(0) == g.batch && grad.size(1) == g.dim && grad.size(2) == g.grid_h &&
                         grad.size(3) == g.grid_w,
                     op, ": grad must be [", g.batch, ", ", g.dim, ", ", g.grid_h, ", ", g.grid_w, "], got ",
@@ -113,6 +112,16 @@ int64_t check_domain_attention(const at::Tensor& v, const at::Tensor& maps, cons
   TORCH_CHECK_VALUE(v.size(1) == num_prefix_tokens + h * h, op, ": v has N=", v.size(1), " tokens but maps ",
                     maps.sizes(), " describe a ", h, "x", h, " grid, which with num_prefix_tokens=", num_prefix_tokens,
                     " needs N=", num_prefix_tokens + h * h);
+  return h;
+}
+
+int64_t check_domain_attention_backward(const at::Tensor& grad, const at::Tensor& v, const at::Tensor& maps,
+                                        const at::Tensor& mix_logits, int64_t num_prefix_tokens) {
+  constexpr const char* op = "domain_attention backward";
+  const int64_t h = check_domain_attention(v, maps, mix_logits, num_prefix_tokens);
+  check_float_like(op, "grad", grad, "v", v);
+  TORCH_CHECK_VALUE(grad.sizes() == v.sizes(), op, ": grad must be ", v.sizes(), ", got ",
+                    grad.sizes());
   return h;
 }
 

@@ -31,6 +31,13 @@ def _check_tensor(op: str, name: str, t, ref_name: str, ref: torch.Tensor) -> No
         raise RuntimeError(f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; they must be on one device")
 
 
+def check_backward_grad(op: str, grad, ref_name: str, ref: torch.Tensor, shape) -> None:
+    """The incoming gradient of a backward op: `ref`'s dtype and device, the forward output's shape."""
+    _check_tensor(op, "grad", grad, ref_name, ref)
+    if tuple(grad.shape) != tuple(shape):
+        raise ValueError(f"{op}: grad must be {list(shape)}, got {list(grad.shape)}")
+
+
 @dataclass(frozen=True)
 class SubkernelGeometry:
     """Sizes derived from the inputs of subkernel_tokenize."""

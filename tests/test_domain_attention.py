@@ -101,6 +101,17 @@ def test_opcheck(num_prefix):
     )
 
 
+def test_bad_input_to_the_raw_backward_op_raises_a_clear_error():
+    v, maps, mix = make_inputs(num_prefix=1)
+    v, maps, mix = v.float(), maps.float(), mix.float()
+    backward = torch.ops.lowres._domain_attention_backward
+    mask = [True, True, True]
+    with pytest.raises(ValueError, match=r"grad must be \[2, 17, 6\], got \[2, 16, 6\]"):
+        backward(v[:, 1:], v, maps, mix, 1, mask)
+    with pytest.raises(ValueError, match=r"grad has dtype torch.float64 but v has torch.float32; they must match"):
+        backward(v.double(), v, maps, mix, 1, mask)
+
+
 @pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
 def test_torch_compile_fullgraph(compile_backend):
     torch._dynamo.reset()

@@ -272,3 +272,5 @@ def test_bad_input_to_the_raw_backward_op_raises_a_clear_error():
         backward(tokens[..., :1], x, weight, logits, indices, 7, 2, "max", 1.0, mask)
     with pytest.raises(ValueError, match=r"indices must be uint8 of shape \[2, 8, 2, 2\], got torch.int64"):
         backward(tokens, x, weight, logits, indices.long(), 7, 2, "max", 1.0, mask)
+    with pytest.raises(ValueError, match=r"grad has dtype torch.float32 but x has torch.float64; they must match"):
+        backward(tokens.float(), x, weight, logits, indices, 7, 2, "max", 1.0, mask)

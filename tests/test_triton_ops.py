@@ -363,6 +363,20 @@ def test_domain_attention_bad_input(v_shape, maps_shape, mix_shape, num_prefix, 
         lk.domain_attention(v, maps, mix_logits, num_prefix_tokens=num_prefix, backend="triton")
 
 
+def test_backward_ops_check_the_incoming_gradient():
+    x, weight, logits = torch.randn(1, 3, 8, 8, device=DEVICE), torch.randn(4, 3, 4, 4, device=DEVICE), torch.randn(4, device=DEVICE)
+    tokens, indices = triton_st.subkernel_tokenize_with_indices(x, weight, logits, None, 2, 2, "max", 1.0)
+    with pytest.raises(ValueError, match=r"grad must be \[1, 4, 2, 2\], got \[1, 4, 2, 1\]"):
+        triton_st.subkernel_tokenize_backward(tokens[..., :1], x, weight, logits, indices, 2, 2, "max", 1.0, [True] * 4)
+    with pytest.raises(ValueError, match=r"grad has dtype torch.float64 but x has torch.float32"):
+        triton_st.subkernel_tokenize_backward(tokens.double(), x, weight, logits, indices, 2, 2, "max", 1.0, [True] * 4)
+    v, maps, mix = torch.randn(2, 5, 3, device=DEVICE), torch.randn(2, 4, 4, device=DEVICE), torch.randn(2, device=DEVICE)
+    with pytest.raises(ValueError, match=r"grad must be \[2, 5, 3\], got \[2, 4, 3\]"):
+        triton_da.domain_attention_backward(v[:, 1:], v, maps, mix, 1, [True] * 3)
+    with pytest.raises(ValueError, match=r"grad has dtype torch.float64 but v has torch.float32"):
+        triton_da.domain_attention_backward(v.double(), v, maps, mix, 1, [True] * 3)
+
+
 def test_float64_autotuning_keeps_only_the_smallest_tiles():
     # FMA multiplication of float64 tiles holds the whole [M, K, N] product: the GPU autotuner
     # must not try the large tiles for it (the interpreter runs a single config, so check directly).

@@ -103,10 +103,8 @@ void gather_diagonals(const T* dA, T* dmaps, int64_t num_maps, int64_t h) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> domain_attention_backward_cpu(
     const at::Tensor& grad, const at::Tensor& v, const at::Tensor& maps, const at::Tensor& mix_logits,
     int64_t num_prefix_tokens, std::array<bool, 3> output_mask) {
-  const int64_t h = check_domain_attention(v, maps, mix_logits, num_prefix_tokens);
+  const int64_t h = check_domain_attention_backward(grad, v, maps, mix_logits, num_prefix_tokens);
   check_cpu(v);
-  TORCH_CHECK_VALUE(grad.sizes() == v.sizes(), "domain_attention backward: grad has shape ", grad.sizes(),
-                    " but v has ", v.sizes());
   const auto acc = accumulate_type(v);
   const int64_t N = v.size(1), C = maps.size(0);
   const MixedAttention m = mixed_attention(maps, mix_logits, h, num_prefix_tokens, acc);

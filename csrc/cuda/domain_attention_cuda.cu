@@ -164,12 +164,8 @@ at::Tensor domain_attention_cuda(const at::Tensor& v, const at::Tensor& maps, co
 std::tuple<at::Tensor, at::Tensor, at::Tensor> domain_attention_backward_cuda(
     const at::Tensor& grad, const at::Tensor& v, const at::Tensor& maps, const at::Tensor& mix_logits,
     int64_t num_prefix_tokens, std::array<bool, 3> output_mask) {
-  const int64_t h = check_domain_attention(v, maps, mix_logits, num_prefix_tokens);
+  const int64_t h = check_domain_attention_backward(grad, v, maps, mix_logits, num_prefix_tokens);
   check_cuda("domain_attention backward", v);
-  TORCH_CHECK(grad.device() == v.device(), "domain_attention backward: grad is on ", grad.device(), " but v is on ",
-              v.device(), "; they must be on one device");
-  TORCH_CHECK_VALUE(grad.sizes() == v.sizes(), "domain_attention backward: grad has shape ", grad.sizes(),
-                    " but v has ", v.sizes());
   const c10::cuda::CUDAGuard guard(v.device());
   const auto acc = accumulate_type(v);
   const int64_t hh = h * h, C = maps.size(0);

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._validation import check_domain_attention
+from .._validation import check_backward_grad, check_domain_attention
 from ..ops.domain_attention import register_implementation
 from ._common import (
     MATMUL_AUTOTUNE,
@@ -300,8 +300,7 @@ def domain_attention_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dv, dmaps, dmix_logits); a gradient not asked for in output_mask is an empty tensor."""
     h = check_domain_attention(v, maps, mix_logits, num_prefix_tokens)
-    if grad.shape != v.shape:
-        raise ValueError(f"domain_attention backward: grad has shape {list(grad.shape)} but v has {list(v.shape)}")
+    check_backward_grad("domain_attention backward", grad, "v", v, v.shape)
     return _backward(grad, v, maps, mix_logits, h, num_prefix_tokens, list(output_mask))
 
 

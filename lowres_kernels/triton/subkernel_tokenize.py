@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .._validation import SubkernelGeometry, check_subkernel_tokenize
+from .._validation import SubkernelGeometry, check_backward_grad, check_subkernel_tokenize
 from ..ops.subkernel_tokenize import register_implementation
 from ._common import (
     MATMUL_AUTOTUNE,
@@ -449,9 +449,7 @@ def subkernel_tokenize_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dweight, dlogits, dbias); a gradient not asked for in output_mask is an empty tensor."""
     g = check_subkernel_tokenize(x, weight, logits, None, sub, step, pool, blend)
-    expected = (x.shape[0], weight.shape[0], g.grid_h, g.grid_w)
-    if tuple(grad.shape) != expected:
-        raise ValueError(f"subkernel_tokenize backward: grad must be {list(expected)}, got {list(grad.shape)}")
+    check_backward_grad("subkernel_tokenize backward", grad, "x", x, (x.shape[0], weight.shape[0], g.grid_h, g.grid_w))
     return _backward(grad, x, weight, logits, indices, g, pool, blend, list(output_mask))
 
 
