@@ -27,22 +27,10 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"lowres::{op}", dispatch_key)
 
 
-# Read once: a plain bool that torch.compile can constant-fold (the dispatcher query itself
-# returns a non-tensor, which Dynamo cannot trace).
+# Read once, as a plain bool that torch.compile folds to a constant: Dynamo cannot trace the
+# dispatcher query itself (an opaque torch._C call).
 _CUDA_KERNELS_BUILT = has_kernel("domain_attention", "CUDA")
 
 
 def cuda_kernels_built() -> bool:
     return _CUDA_KERNELS_BUILT
-
-
-def compute_in_float32_under_autocast(*ops) -> None:
-    """Under torch.autocast, `ops` get float32 inputs and run with autocast off inside.
-
-    Both ops are softmax-weighted mixes, and autocast runs softmax in float32; their kernels also
-    call ATen ops (mm, einsum) that autocast would otherwise cast to half precision behind the
-    kernel's back.
-    """
-    for op in ops:
-        for device_type in ("cpu", "cuda"):
-            torch.library.register_autocast(op, device_type, torch.float32)

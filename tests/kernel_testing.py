@@ -48,35 +48,37 @@ def leaves(*tensors, dtype, requires_grad=True):
     return [None if t is None else t.detach().to(dtype).requires_grad_(requires_grad) for t in tensors]
 
 
-def check_autocast_computes_in_float32(device, backend: str) -> None:
-    """Under torch.autocast (bfloat16) both ops take float32 inputs and compute with autocast off
-    inside: the same outputs and gradients, in float32, as float32 inputs outside autocast.
-    Without the autocast registration the kernels' inner ATen
-    calls were cast to bfloat16 behind their back and failed."""
+def check_autocast_computes_in_float32(device, backend: str, compile_backend: str | None = None) -> None:
+    """Under torch.autocast (bfloat16) both ops compute in float32, with the mixed input precisions
+    autocast produces (a bfloat16 tensor beside float32 parameters): the same outputs and gradients
+    as float32 inputs outside autocast, a bfloat16 input's gradient rounded once. Without this the
+    kernels' inner ATen calls were cast to bfloat16 behind their back and failed (found on a GPU).
+    `compile_backend`: run the op under torch.compile(fullgraph=True) with that backend."""
     import lowres_kernels as lk
 
     gen = torch.Generator().manual_seed(0)
-    x, weight = torch.randn(2, 3, 28, 28, generator=gen), torch.randn(8, 3, 14, 14, generator=gen)
-    logits = torch.randn(49, generator=gen)
-    # bfloat16 attention inputs (as nn.DomainAttention passes them under AMP) are cast up exactly.
-    v, maps, mix = (torch.randn(*size, generator=gen).to(torch.bfloat16).float() for size in ((2, 17, 8), (3, 8, 8), (3,)))
+
+    def master(*size):  # values a bfloat16 tensor holds exactly, so the float32 reference sees the same
+        return torch.randn(*size, generator=gen).to(torch.bfloat16).float()
+
+    mixed = (torch.bfloat16, torch.float32, torch.float32)
     cases = {
         "subkernel_tokenize": (lambda x, w, l: lk.subkernel_tokenize(x, w, l, pool="max", blend=0.5, backend=backend),
-                               (x, weight, logits), (torch.float32, torch.float32, torch.float32)),
+                               (master(2, 3, 28, 28), master(8, 3, 14, 14), master(49))),
         "domain_attention": (lambda v, m, r: lk.domain_attention(v, m, r, backend=backend),
-                             (v, maps, mix), (torch.bfloat16,) * 3),
+                             (master(2, 17, 8), master(3, 8, 8), master(3))),
     }
-    for what, (fn, masters, autocast_dtypes) in cases.items():
+    for what, (fn, masters) in cases.items():
         expected_inputs = leaves(*[t.to(device) for t in masters], dtype=torch.float32)
         expected = fn(*expected_inputs)
         expected_grads = grads(expected, expected_inputs)
-        inputs = [t.to(device, dtype).detach().requires_grad_() for t, dtype in zip(masters, autocast_dtypes)]
+        op = torch.compile(fn, backend=compile_backend, fullgraph=True) if compile_backend else fn
+        inputs = [t.to(device, dtype).detach().requires_grad_() for t, dtype in zip(masters, mixed)]
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
-            out = fn(*inputs)
-            got_grads = grads(out, inputs)
+            out = op(*inputs)
+        got_grads = grads(out, inputs)  # backward outside autocast, as PyTorch recommends
         assert out.dtype == torch.float32, f"{what} under autocast: output dtype {out.dtype}"
         torch.testing.assert_close(out, expected, msg=lambda m: f"{what} under autocast: {m}")
         for i, (got, want) in enumerate(zip(got_grads, expected_grads)):
             assert got.dtype == inputs[i].dtype, f"{what} under autocast: grad {i} dtype {got.dtype}"
-            # A bfloat16 input's gradient is the float32 one rounded once, on its way back through the cast.
             torch.testing.assert_close(got, want.to(got.dtype), msg=lambda m: f"{what} under autocast, grad {i}: {m}")

@@ -132,5 +132,6 @@ def test_the_default_backend_on_cpu_is_the_cpp_kernel(monkeypatch):
     assert any(e.name == "lowres::subkernel_tokenize_with_indices" for e in prof.function_events)
 
 
-def test_ops_compute_in_float32_under_autocast():
-    check_autocast_computes_in_float32("cpu", "cpp")
+@pytest.mark.parametrize("backend, compile_backend", [("cpp", None), ("reference", None), ("cpp", "aot_eager")])
+def test_ops_compute_in_float32_under_autocast(backend, compile_backend):
+    check_autocast_computes_in_float32("cpu", backend, compile_backend)

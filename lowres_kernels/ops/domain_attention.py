@@ -9,8 +9,8 @@ import torch
 
 from .. import reference
 from .._backend import resolve_backend
-from .._library import compute_in_float32_under_autocast
 from .._validation import check_domain_attention
+from ._autocast import autocast_off, float32_under_autocast, register_float32_autocast
 
 
 def domain_attention(
@@ -28,10 +28,12 @@ def domain_attention(
     for patch tokens (prefix tokens get logit 0 in their rows and columns). P is shared by the
     whole batch and every head.
     """
+    v, maps, mix_logits = float32_under_autocast(v, maps, mix_logits)
     check_domain_attention(v, maps, mix_logits, num_prefix_tokens)
     name = resolve_backend("domain_attention", backend, v.device)
     if name == "reference":
-        return reference.domain_attention(v, maps, mix_logits, num_prefix_tokens=num_prefix_tokens)
+        with autocast_off(v.device.type):
+            return reference.domain_attention(v, maps, mix_logits, num_prefix_tokens=num_prefix_tokens)
     if name == "triton":
         from ..triton.domain_attention import domain_attention as triton_domain_attention
 
@@ -74,7 +76,7 @@ def register_implementation(forward_op, backward_op) -> None:
     torch.library.register_fake(backward_op)(_backward_fake)
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
     torch.library.register_autograd(backward_op, no_double_backward, setup_context=lambda ctx, inputs, output: None)
-    compute_in_float32_under_autocast(forward_op, backward_op)
+    register_float32_autocast(forward_op, backward_op)
 
 
 register_implementation(torch.ops.lowres.domain_attention.default, torch.ops.lowres._domain_attention_backward.default)

@@ -9,8 +9,8 @@ import torch
 
 from .. import reference
 from .._backend import resolve_backend
-from .._library import compute_in_float32_under_autocast
 from .._validation import check_subkernel_tokenize
+from ._autocast import autocast_off, float32_under_autocast, register_float32_autocast
 
 
 def subkernel_tokenize(
@@ -33,10 +33,12 @@ def subkernel_tokenize(
     pooled ("max" as in the paper, "avg" as in the release) to the q-grid, and blended with
     the plain patch embedding: blend * pooled + (1 - blend) * conv(x, weight, stride=q) + bias.
     """
+    x, weight, logits, bias = float32_under_autocast(x, weight, logits, bias)
     check_subkernel_tokenize(x, weight, logits, bias, sub, step, pool, blend)
     name = resolve_backend("subkernel_tokenize", backend, x.device)
     if name == "reference":
-        return reference.subkernel_tokenize(x, weight, logits, bias, sub=sub, step=step, pool=pool, blend=blend)
+        with autocast_off(x.device.type):
+            return reference.subkernel_tokenize(x, weight, logits, bias, sub=sub, step=step, pool=pool, blend=blend)
     if name == "triton":
         from ..triton.subkernel_tokenize import subkernel_tokenize as triton_subkernel_tokenize
 
@@ -85,7 +87,7 @@ def register_implementation(forward_op, backward_op) -> None:
     torch.library.register_fake(backward_op)(_backward_fake)
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
     torch.library.register_autograd(backward_op, no_double_backward, setup_context=lambda ctx, inputs, output: None)
-    compute_in_float32_under_autocast(forward_op, backward_op)
+    register_float32_autocast(forward_op, backward_op)
 
 
 register_implementation(
