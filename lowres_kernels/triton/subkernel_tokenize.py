@@ -250,14 +250,13 @@ def _subkernel_windows(weight: torch.Tensor, g: SubkernelGeometry) -> torch.Tens
 
 def _subkernel_windows_adjoint(keff_grad: torch.Tensor, alpha: torch.Tensor, g: SubkernelGeometry) -> torch.Tensor:
     """dL/dK of K_eff = sum_t alpha_t window_t(K), given dL/dK_eff [D, C, u, u]: each window adds
-    alpha_t dK_eff at its place (overlaps summed, in a fixed order: deterministic)."""
-    span = max((g.per_side - 1) * g.step + g.sub, g.patch)
-    grad = keff_grad.new_zeros(*keff_grad.shape[:2], span, span)
-    for a in range(g.per_side):
-        for b in range(g.per_side):
-            rows, cols = slice(a * g.step, a * g.step + g.sub), slice(b * g.step, b * g.step + g.sub)
-            grad[:, :, rows, cols] += alpha[a * g.per_side + b] * keff_grad
-    return grad[:, :, : g.patch, : g.patch]
+    alpha_t dK_eff at its place, overlaps summed. One col2im (F.fold) over a single image whose
+    channels are the D*C kernel planes: one launch, and deterministic (each pixel gathers its sum)."""
+    D, C, q, u = keff_grad.shape[0], keff_grad.shape[1], g.patch, g.sub
+    span = (g.per_side - 1) * g.step + u
+    columns = keff_grad.reshape(1, D * C * u * u, 1) * alpha.view(1, 1, -1)
+    summed = F.fold(columns, (span, span), u, stride=g.step).view(D, C, span, span)
+    return summed[:, :, :q, :q] if span >= q else F.pad(summed, (0, q - span, 0, q - span))
 
 
 @dataclass
