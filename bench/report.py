@@ -474,10 +474,14 @@ def append_environment(path: Path, env: dict) -> None:
 def records_from_jsonl(path: Path) -> tuple[Optional[dict], list[Record]]:
     """The first environment and every record of a `--bench-records` file (several runs may append to it)."""
     env, records = None, []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        entry = json.loads(line)
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    for number, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # the last line of a run killed while writing it
+            raise
         if "environment" in entry:
             env = env or entry["environment"]
         else:

@@ -103,6 +103,8 @@ def test_records_file_round_trips_and_renders(tmp_path):
     with open(path, "a") as lines:
         for record in records[4:]:
             lines.write(json.dumps({"record": record.to_dict()}) + "\n")
+    with open(path, "a") as lines:
+        lines.write('{"record": {"op": "domain_att')  # a run killed while writing its last line
     env, read = report.records_from_jsonl(path)
     assert env == ENV and read == records
     report.main([str(path), "--out", str(tmp_path / "out")])

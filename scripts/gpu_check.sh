@@ -4,14 +4,23 @@
 #   OUT=/tmp/gpu bash scripts/gpu_check.sh build tests sanitize bench-quick
 #   OUT=/tmp/gpu bash scripts/gpu_check.sh build tests bench
 #
-# Stages run in the order given, each under its own time limit, and a failing stage does not stop
-# the next one. Everything lands in $OUT: log.txt (every stage's output), records.jsonl (benchmark
-# cases, appended as each is measured, so a killed run keeps them) and results/ (the rendered
-# tables and plot, as bench/results/ holds them).
+# Stages run in the order given, each under its own time limit; a failing stage does not stop the
+# next one, but makes the script exit non-zero at the end. Everything lands in $OUT: log.txt (every
+# stage's output), records.jsonl (benchmark cases, appended as each is measured, so a killed run
+# keeps them) and results/ (the rendered tables and plot, as bench/results/ holds them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+STAGES="build tests sanitize bench-quick bench"
+for name in "$@"; do
+  case " $STAGES " in
+    *" $name "*) ;;
+    *) echo "gpu_check.sh: unknown stage '$name' (stages: $STAGES)" >&2; exit 2 ;;
+  esac
+done
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
+rm -rf "$OUT/records.jsonl" "$OUT/results"
+failed=()
 PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 [ -d /usr/local/cuda ] && export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
@@ -23,6 +32,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, report the ex
   timeout --kill-after=10 "$limit" "$@"
   rc=$?
   echo "=== $name: exit $rc after $((SECONDS - start))s"
+  [ "$rc" -eq 0 ] || failed+=("$name")
 }
 
 bench() {  # bench SECONDS PYTEST-ARGS...: one slice of the benchmarks, appended to records.jsonl
@@ -71,11 +81,13 @@ torch.cuda.get_device_properties(0).multi_processor_count, 'SMs')"
         bench 80 -k "vit_h14_b64 and not compile and not naive" bench/test_kernels.py
         bench 50 -k "(vit_h14_b1 or vit_b16_b8) and not compile and not naive" --bench-seconds 0.2 \
           bench/test_kernels.py ;;
-      *) echo "unknown stage $name"; exit 2 ;;
     esac
   done
   if [ -s "$OUT/records.jsonl" ]; then
-    "$PYTHON" -m bench.report "$OUT/records.jsonl" --out "$OUT/results"
-    cat "$OUT"/results/*.md
+    "$PYTHON" -m bench.report "$OUT/records.jsonl" --out "$OUT/results" && cat "$OUT"/results/*.md
+  fi
+  if [ "${#failed[@]}" -gt 0 ]; then
+    echo "=== failed stages: ${failed[*]}"
+    exit 1
   fi
 } 2>&1 | tee "$OUT/log.txt"
