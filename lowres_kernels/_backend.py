@@ -4,7 +4,8 @@
 "auto" (the default) picks the fastest available for the tensors' device: the C++ kernels
 on CPU, the CUDA kernels on NVIDIA GPUs (Triton where the extension was built without CUDA):
 on an H200 the CUDA kernels beat the Triton ones for both ops at every benchmarked shape
-(bench/results/cuda-nvidia-h200.md).
+(bench/results/cuda-nvidia-h200.md), though for tokenization that Triton run still carried a
+host overhead since removed: to be measured again.
 An explicit choice that cannot run on the given device raises instead of falling back.
 """
 
