@@ -3,6 +3,7 @@
 #
 #   OUT=/tmp/gpu bash scripts/gpu_check.sh build tests sanitize bench-quick
 #   OUT=/tmp/gpu bash scripts/gpu_check.sh build tests bench
+#   OUT=/tmp/gpu bash scripts/gpu_check.sh build profile
 #
 # Stages run in the order given, each under its own time limit; a failing stage does not stop the
 # next one, but makes the script exit non-zero at the end. Everything lands in $OUT: log.txt (every
@@ -10,7 +11,7 @@
 # keeps them) and results/ (the rendered tables and plot, as bench/results/ holds them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-STAGES="build tests sanitize bench-quick bench"
+STAGES="build tests sanitize profile bench-quick bench"
 for name in "$@"; do
   case " $STAGES " in
     *" $name "*) ;;
@@ -72,6 +73,10 @@ torch.cuda.get_device_properties(0).multi_processor_count, 'SMs')"
           "$PYTHON" scripts/cuda_memcheck.py --backend triton --dtype float32
         stage racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 \
           "$PYTHON" scripts/cuda_memcheck.py --backend cuda --dtype float32 ;;
+      profile)  # where the CUDA kernels' time goes at the headline shape (Nsight Compute's basic sections)
+        stage profile 240 ncu --clock-control none \
+          --kernel-name "regex:tokenize|grad_kernel|mixed_attention|softmax_backward|diagonals" \
+          "$PYTHON" -m bench.profile --backend cuda --calls 1 ;;
       bench-quick)  # the headline shape without the compiled peers: a first look in under two minutes
         bench 100 -k "vit_h14_b8 and not compile" --bench-seconds 0.2 bench/test_kernels.py ;;
       bench)  # in order of importance, so a time limit cuts the least useful slice; at the other
