@@ -6,7 +6,9 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string_view>
+#include <tuple>
 #include <utility>
 
 namespace lowres {
@@ -76,6 +78,26 @@ SubkernelKernels make_subkernel_kernels(const SubkernelGeometry& g, const at::Te
 std::pair<at::Tensor, at::Tensor> subkernel_kernel_grads(const SubkernelGeometry& g, const SubkernelKernels& k,
                                                          const at::Tensor& fine_grad, const at::Tensor& patch_grad,
                                                          bool want_weight, bool want_logits);
+
+// The backward of subkernel_tokenize returns (dx, dweight, dlogits, dbias), with a zero-element
+// tensor (not_requested) where output_mask does not ask for one. Every device's backward starts and
+// ends the same way:
+using SubkernelGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// All four gradients when no device kernel needs to run (empty inputs, or only dbias asked for);
+// otherwise nullopt.
+std::optional<SubkernelGrads> subkernel_grads_without_kernels(const at::Tensor& grad, const at::Tensor& x,
+                                                              const at::Tensor& weight, const at::Tensor& logits,
+                                                              std::array<bool, 4> output_mask);
+
+// The four gradients from what the device kernels computed in the accumulation dtype: dx (defined
+// when asked for) and the image GEMMs' kernel gradients (as subkernel_kernel_grads takes them),
+// cast to the inputs' dtypes.
+SubkernelGrads subkernel_grads_from_kernels(const SubkernelGeometry& g, const SubkernelKernels& k,
+                                            const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                            const at::Tensor& logits, const at::Tensor& dx,
+                                            const at::Tensor& fine_grad, const at::Tensor& patch_grad,
+                                            std::array<bool, 4> output_mask);
 
 // A zero-element tensor standing for a gradient the caller did not ask for.
 at::Tensor not_requested(const at::Tensor& like);

@@ -89,4 +89,40 @@ std::pair<at::Tensor, at::Tensor> subkernel_kernel_grads(const SubkernelGeometry
   return {grad_weight, grad_logits};
 }
 
+namespace {
+
+at::Tensor bias_grad(const at::Tensor& grad, const at::Tensor& weight, bool wanted) {
+  return wanted ? grad.sum({0, 2, 3}) : not_requested(weight);
+}
+
+}  // namespace
+
+std::optional<SubkernelGrads> subkernel_grads_without_kernels(const at::Tensor& grad, const at::Tensor& x,
+                                                              const at::Tensor& weight, const at::Tensor& logits,
+                                                              std::array<bool, 4> output_mask) {
+  const auto [want_x, want_weight, want_logits, want_bias] = output_mask;
+  if (x.numel() != 0 && weight.numel() != 0 && (want_x || want_weight || want_logits)) return std::nullopt;
+  return SubkernelGrads{want_x ? at::zeros_like(x) : not_requested(x),
+                        want_weight ? at::zeros_like(weight) : not_requested(weight),
+                        want_logits ? at::zeros_like(logits) : not_requested(logits),
+                        bias_grad(grad, weight, want_bias)};
+}
+
+SubkernelGrads subkernel_grads_from_kernels(const SubkernelGeometry& g, const SubkernelKernels& k,
+                                            const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                            const at::Tensor& logits, const at::Tensor& dx,
+                                            const at::Tensor& fine_grad, const at::Tensor& patch_grad,
+                                            std::array<bool, 4> output_mask) {
+  const auto [want_x, want_weight, want_logits, want_bias] = output_mask;
+  at::Tensor grad_x = want_x ? dx.to(x.scalar_type()) : not_requested(x);
+  at::Tensor grad_weight = not_requested(weight), grad_logits = not_requested(logits);
+  if (want_weight || want_logits) {
+    const auto [weight_grad, logits_grad] =
+        subkernel_kernel_grads(g, k, fine_grad, patch_grad, want_weight, want_logits);
+    if (want_weight) grad_weight = weight_grad.to(weight.scalar_type());
+    if (want_logits) grad_logits = logits_grad.to(logits.scalar_type());
+  }
+  return {grad_x, grad_weight, grad_logits, bias_grad(grad, weight, want_bias)};
+}
+
 }  // namespace lowres

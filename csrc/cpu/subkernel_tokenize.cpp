@@ -329,15 +329,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_ba
     std::array<bool, 4> output_mask) {
   const SubkernelGeometry g = check_subkernel_tokenize_backward(grad, x, weight, logits, indices, sub, step, pool, blend);
   TORCH_CHECK(x.device().is_cpu(), "subkernel_tokenize backward: the CPU kernel got x on ", x.device());
+  if (auto trivial = subkernel_grads_without_kernels(grad, x, weight, logits, output_mask)) return *trivial;
   const bool want_x = output_mask[0], want_weight = output_mask[1], want_logits = output_mask[2];
-  at::Tensor grad_x = not_requested(x), grad_weight = not_requested(weight), grad_logits = not_requested(logits);
-  at::Tensor grad_bias = output_mask[3] ? grad.sum({0, 2, 3}) : not_requested(weight);
-  if (x.numel() == 0 || weight.numel() == 0 || (!want_x && !want_weight && !want_logits)) {
-    if (want_x) grad_x = at::zeros_like(x);
-    if (want_weight) grad_weight = at::zeros_like(weight);
-    if (want_logits) grad_logits = at::zeros_like(logits);
-    return {grad_x, grad_weight, grad_logits, grad_bias};
-  }
 
   const auto acc = accumulate_type(x);
   const SubkernelKernels k = make_subkernel_kernels(g, weight, logits, acc, /*image_kernels=*/want_x);
@@ -354,15 +347,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_ba
   AT_DISPATCH_FLOATING_TYPES(acc, "subkernel_tokenize_cpu_backward", [&] {
     backward_tiles<scalar_t>(g, k, xa, ga, ia, want_kernel_grads, dx, fine_grad);
   });
-  if (want_x) grad_x = dx.to(x.scalar_type());
-  if (!want_kernel_grads) return {grad_x, grad_weight, grad_logits, grad_bias};
-
-  const auto [weight_grad, logits_grad] =
-      subkernel_kernel_grads(g, k, fine_grad.defined() ? fine_grad.sum(0) : fine_grad,
-                             patch_grad, want_weight, want_logits);
-  if (want_weight) grad_weight = weight_grad.to(weight.scalar_type());
-  if (want_logits) grad_logits = logits_grad.to(logits.scalar_type());
-  return {grad_x, grad_weight, grad_logits, grad_bias};
+  // fine_grad holds one partial sum per thread.
+  return subkernel_grads_from_kernels(g, k, grad, x, weight, logits, dx,
+                                      fine_grad.defined() ? fine_grad.sum(0) : fine_grad, patch_grad, output_mask);
 }
 
 }  // namespace

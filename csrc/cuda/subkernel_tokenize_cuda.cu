@@ -350,15 +350,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_ba
   const SubkernelGeometry g = check_subkernel_tokenize_backward(grad, x, weight, logits, indices, sub, step, pool, blend);
   TORCH_CHECK(x.is_cuda(), "subkernel_tokenize backward: the CUDA kernel got x on ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
+  if (auto trivial = subkernel_grads_without_kernels(grad, x, weight, logits, output_mask)) return *trivial;
   const bool want_x = output_mask[0], want_weight = output_mask[1], want_logits = output_mask[2];
-  at::Tensor grad_x = not_requested(x), grad_weight = not_requested(weight), grad_logits = not_requested(logits);
-  at::Tensor grad_bias = output_mask[3] ? grad.sum({0, 2, 3}) : not_requested(weight);
-  if (x.numel() == 0 || weight.numel() == 0 || (!want_x && !want_weight && !want_logits)) {
-    if (want_x) grad_x = at::zeros_like(x);
-    if (want_weight) grad_weight = at::zeros_like(weight);
-    if (want_logits) grad_logits = at::zeros_like(logits);
-    return {grad_x, grad_weight, grad_logits, grad_bias};
-  }
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto acc = accumulate_type(x);
@@ -388,14 +381,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_ba
       if (want_x) input_grad(columns, pixel_grad, k.patch, num_tokens, dx, stream);
     }
   });
-  if (want_x) grad_x = dx.to(x.scalar_type());
-  if (!want_kernel_grads) return {grad_x, grad_weight, grad_logits, grad_bias};
-
-  const auto [weight_grad, logits_grad] =
-      subkernel_kernel_grads(g, k, fine_grad, patch_grad, want_weight, want_logits);
-  if (want_weight) grad_weight = weight_grad.to(weight.scalar_type());
-  if (want_logits) grad_logits = logits_grad.to(logits.scalar_type());
-  return {grad_x, grad_weight, grad_logits, grad_bias};
+  return subkernel_grads_from_kernels(g, k, grad, x, weight, logits, dx, fine_grad, patch_grad, output_mask);
 }
 
 }  // namespace
