@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+import lowres_kernels as lk
+
 # (atol, rtol) for comparing a backend with the float64 oracle at full precision.
 FULL_PRECISION_TOLERANCE = {
     torch.float64: (1e-10, 1e-10),
@@ -54,8 +56,6 @@ def check_autocast_computes_in_float32(device, backend: str, compile_backend: st
     as float32 inputs outside autocast, a bfloat16 input's gradient rounded once. Without this the
     kernels' inner ATen calls were cast to bfloat16 behind their back and failed (found on a GPU).
     `compile_backend`: run the op under torch.compile(fullgraph=True) with that backend."""
-    import lowres_kernels as lk
-
     gen = torch.Generator().manual_seed(0)
 
     def master(*size):  # values a bfloat16 tensor holds exactly, so the float32 reference sees the same

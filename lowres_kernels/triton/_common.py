@@ -83,6 +83,11 @@ MATMUL_AUTOTUNE = dict(
 )
 
 
+# The tile size in which reduction_splits' callers count output tiles and reduction blocks (the
+# autotuned tile is not known before the launch).
+NOMINAL_TILE = 64
+
+
 def reduction_splits(output_tiles: int, reduction_blocks: int, device: torch.device) -> int:
     """How many programs share one output tile's reduction, each summing a slice of it.
 

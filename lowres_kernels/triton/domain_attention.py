@@ -21,6 +21,7 @@ from .._validation import check_backward_grad, check_domain_attention
 from ..ops.domain_attention import register_implementation
 from ._common import (
     MATMUL_AUTOTUNE,
+    NOMINAL_TILE,
     accumulate_dtype,
     device_guard,
     dot_flags,
@@ -28,9 +29,6 @@ from ._common import (
     not_requested,
     reduction_splits,
 )
-
-# Nominal tile used to decide how far to split the batch reduction of dP.
-_NOMINAL_TILE = 64
 
 
 @triton.jit
@@ -244,7 +242,7 @@ def _backward(grad, v, maps, mix_logits, h: int, num_prefix: int, output_mask):
         if not (want_maps or want_mix):
             return grad_v, grad_maps, grad_mix
 
-        splits = reduction_splits(triton.cdiv(N, _NOMINAL_TILE) ** 2, B, v.device)
+        splits = reduction_splits(triton.cdiv(N, NOMINAL_TILE) ** 2, B, v.device)
         partial = v.new_empty((splits, N, N), dtype=acc)
 
         def grid(meta):

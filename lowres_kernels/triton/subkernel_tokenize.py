@@ -28,6 +28,7 @@ from .._validation import SubkernelGeometry, check_backward_grad, check_subkerne
 from ..ops.subkernel_tokenize import register_implementation
 from ._common import (
     MATMUL_AUTOTUNE,
+    NOMINAL_TILE,
     accumulate_dtype,
     device_guard,
     dot_flags,
@@ -35,9 +36,6 @@ from ._common import (
     not_requested,
     reduction_splits,
 )
-
-# Nominal tile used to decide how far to split the token reduction of the kernel gradients.
-_NOMINAL_TILE = 64
 
 
 @triton.jit
@@ -334,8 +332,8 @@ def _kernel_gradient(grad, indices, x, D: int, size: int, ratio: int) -> torch.T
     B, C, H, W = x.shape
     kdim = C * size * size
     num_tokens = grad.numel() // D
-    output_tiles = triton.cdiv(D, _NOMINAL_TILE) * triton.cdiv(kdim, _NOMINAL_TILE)
-    splits = reduction_splits(output_tiles, triton.cdiv(num_tokens, _NOMINAL_TILE), x.device)
+    output_tiles = triton.cdiv(D, NOMINAL_TILE) * triton.cdiv(kdim, NOMINAL_TILE)
+    splits = reduction_splits(output_tiles, triton.cdiv(num_tokens, NOMINAL_TILE), x.device)
     partial = x.new_empty((splits, D, kdim), dtype=accumulate_dtype(x.dtype))
 
     def grid(meta):
