@@ -1,11 +1,12 @@
 """The one place that decides which implementation runs an op.
 
 `backend=` on every op (or the LOWRES_BACKEND environment variable) picks one of BACKENDS;
-"auto" (the default) picks the fastest available for the tensors' device: the C++ kernels
-on CPU, the CUDA kernels on NVIDIA GPUs (Triton where the extension was built without CUDA):
-on an H200 the CUDA kernels beat the Triton ones for both ops at every benchmarked shape
-(bench/results/cuda-nvidia-h200.md), though for tokenization that Triton run still carried a
-host overhead since removed: to be measured again.
+"auto" (the default) picks the fastest available for the tensors' device: the C++ kernels on
+CPU; on NVIDIA GPUs the CUDA kernels (Triton where the extension was built without CUDA),
+except where the benchmarks measured the Triton kernels faster (`triton_is_faster_for_tokenize`).
+On an H100 (bench/results/cuda-nvidia-h100-80gb-hbm3.md) the CUDA kernels won for domain
+attention at every shape and for tokenization at every shape but one: average pooling trained at
+batch 64.
 An explicit choice that cannot run on the given device raises instead of falling back.
 """
 
@@ -45,7 +46,22 @@ def available_backends(device: torch.device | str) -> list[str]:
     return names
 
 
-def resolve_backend(op: str, backend: Optional[str], device: torch.device) -> str:
+# The smallest tokenization (in output tokens) at which Triton trained faster with pool="avg":
+# 64 ViT-H/14 images (16 384 tokens), forward+backward 3.31 ms against CUDA's 4.05 ms on an H100;
+# at 8 images CUDA was faster (1.36 against 2.67 ms), and in every max-pooling case.
+TRITON_AVG_TOKENIZE_MIN_TOKENS = 64 * 16 * 16
+
+
+def triton_is_faster_for_tokenize(num_tokens: int, pool: str, needs_grad: bool) -> bool:
+    """Whether the benchmarks measured the Triton tokenization faster than the CUDA one for this
+    call. Only the backward of average pooling (its kernel gradient, one GEMM reducing over every
+    token) wins there; the forward alone is faster in CUDA, so inference stays on CUDA."""
+    return pool == "avg" and needs_grad and num_tokens >= TRITON_AVG_TOKENIZE_MIN_TOKENS
+
+
+def resolve_backend(op: str, backend: Optional[str], device: torch.device, *, prefer_triton: bool = False) -> str:
+    """The backend that runs `op` on `device`; `prefer_triton` (from the op's measured rule) makes
+    "auto" pick Triton over the CUDA kernels on a GPU where both are available."""
     requested = backend if backend is not None else (os.environ.get(ENV_VAR) or "auto")
     if requested not in BACKENDS and requested != "auto":
         source = "backend=" if backend is not None else f"{ENV_VAR}="
@@ -54,7 +70,7 @@ def resolve_backend(op: str, backend: Optional[str], device: torch.device) -> st
         if device.type == "cpu":
             return "cpp"
         if device.type == "cuda":
-            if cuda_kernels_built():
+            if cuda_kernels_built() and not (prefer_triton and triton_available(device)):
                 return "cuda"
             return "triton" if triton_available(device) else "reference"
         return "reference"

@@ -9,6 +9,7 @@ from torch import nn
 from kernel_testing import check_autocast_computes_in_float32
 
 import lowres_kernels as lk
+from lowres_kernels import _backend
 from lowres_kernels.nn import DomainAttention, SubKernelPatchEmbed
 
 
@@ -135,3 +136,33 @@ def test_the_default_backend_on_cpu_is_the_cpp_kernel(monkeypatch):
 @pytest.mark.parametrize("backend, compile_backend", [("cpp", None), ("reference", None), ("cpp", "aot_eager")])
 def test_ops_compute_in_float32_under_autocast(backend, compile_backend):
     check_autocast_computes_in_float32("cpu", backend, compile_backend)
+
+
+@pytest.mark.parametrize(
+    "num_tokens, pool, needs_grad, expected",
+    [
+        (64 * 256, "avg", True, True),  # the measured case: trained at 64 ViT-H/14 images
+        (64 * 256 - 1, "avg", True, False),
+        (64 * 256, "avg", False, False),  # inference: the CUDA forward is faster
+        (64 * 256, "max", True, False),
+    ],
+)
+def test_triton_is_chosen_for_tokenization_only_where_it_was_measured_faster(num_tokens, pool, needs_grad, expected):
+    assert _backend.triton_is_faster_for_tokenize(num_tokens, pool, needs_grad) is expected
+
+
+@pytest.mark.parametrize(
+    "cuda_built, triton, prefer_triton, expected",
+    [
+        (True, True, False, "cuda"),
+        (True, True, True, "triton"),
+        (True, False, True, "cuda"),  # no Triton installed: the preference cannot apply
+        (False, True, False, "triton"),
+        (False, False, False, "reference"),
+    ],
+)
+def test_auto_backend_on_a_gpu(monkeypatch, cuda_built, triton, prefer_triton, expected):
+    monkeypatch.delenv("LOWRES_BACKEND", raising=False)
+    monkeypatch.setattr(_backend, "cuda_kernels_built", lambda: cuda_built)
+    monkeypatch.setattr(_backend, "triton_available", lambda device: triton)
+    assert _backend.resolve_backend("op", None, torch.device("cuda"), prefer_triton=prefer_triton) == expected

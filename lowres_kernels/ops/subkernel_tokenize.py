@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from .. import reference
-from .._backend import resolve_backend
+from .._backend import resolve_backend, triton_is_faster_for_tokenize
 from .._validation import check_subkernel_tokenize
 from ._autocast import autocast_off, float32_under_autocast, register_float32_autocast
 
@@ -35,7 +35,14 @@ def subkernel_tokenize(
     """
     x, weight, logits, bias = float32_under_autocast(x, weight, logits, bias)
     check_subkernel_tokenize(x, weight, logits, bias, sub, step, pool, blend)
-    name = resolve_backend("subkernel_tokenize", backend, x.device)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, logits, bias))
+    num_tokens = x.shape[0] * (x.shape[2] // weight.shape[-1]) * (x.shape[3] // weight.shape[-1])
+    name = resolve_backend(
+        "subkernel_tokenize",
+        backend,
+        x.device,
+        prefer_triton=triton_is_faster_for_tokenize(num_tokens, pool, needs_grad),
+    )
     if name == "reference":
         with autocast_off(x.device.type):
             return reference.subkernel_tokenize(x, weight, logits, bias, sub=sub, step=step, pool=pool, blend=blend)
