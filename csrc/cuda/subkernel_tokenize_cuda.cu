@@ -42,8 +42,8 @@ constexpr int kDepth = 16;
 constexpr int kSide = 16;
 constexpr int kThreads = kSide * kSide;
 constexpr int kMicro = kTile / kSide;
-constexpr int kPad = 4;
-constexpr int kMinBlocksPerSM = 2;  // caps registers at 128 per thread: two blocks share an SM  // keeps every staged row 4-element aligned for the vector reads
+constexpr int kPad = 4;              // keeps every staged row 4-element aligned for the vector reads
+constexpr int kMinBlocksPerSM = 2;  // caps registers at 128 per thread: two blocks share an SM
 
 static_assert(kThreads % kTile == 0 && kThreads % kDepth == 0, "staging assumes whole rows per pass");
 
