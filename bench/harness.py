@@ -168,7 +168,7 @@ class Peer:
     inputs: Callable[[OpSpec, ViTShape, torch.device], Workload] = op_inputs
 
     @property
-    def compiles_on_first_call(self) -> bool:
+    def first_call_is_setup(self) -> bool:
         """torch.compile compiles on the first call; Triton autotunes there (timing each config
         with a 256 MB cache-flush buffer), which is neither the op's time nor its memory."""
         return self.compiled or self.backend == "triton"
@@ -322,10 +322,10 @@ RECORDS: list[Record] = []
 
 
 def measure(
-    benchmark, run: Callable[[], None], settings: Settings, *, compiles_on_first_call: bool, record: Record
+    benchmark, run: Callable[[], None], settings: Settings, *, first_call_is_setup: bool, record: Record
 ) -> Record:
     """Warms up, measures peak memory on one call, then times `run` with pytest-benchmark."""
-    if compiles_on_first_call:
+    if first_call_is_setup:
         run()  # compiles / autotunes: neither timed nor counted in memory
     start = time.perf_counter()
     record.peak_bytes = peak_memory_bytes(run, settings.device)

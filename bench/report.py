@@ -52,7 +52,8 @@ def environment(device_type: str, command: str = "") -> dict:
         triton_version = "not installed"
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, timeout=10,
+            # "-dirty" marks a run of uncommitted changes
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True, timeout=10,
             cwd=Path(__file__).resolve().parent,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):

@@ -18,5 +18,5 @@ def test_op(benchmark, bench_settings, shape, op, peer, pass_name):
     work = harness.build(op_spec, shape, peer_spec, bench_settings)
     run = harness.pass_callable(work, pass_name, bench_settings.device)
     record = harness.Record(op, shape.name, shape.label, peer, peer_spec.kind, pass_name, peak_bytes=None)
-    harness.measure(benchmark, run, bench_settings, compiles_on_first_call=peer_spec.compiles_on_first_call, record=record)
+    harness.measure(benchmark, run, bench_settings, first_call_is_setup=peer_spec.first_call_is_setup, record=record)
     assert record.peak_bytes is not None and record.peak_bytes >= 0

@@ -73,7 +73,7 @@ def test_training_step(benchmark, bench_settings, config):
 
     benchmark.group = f"training step | {model.label}"
     record = harness.Record(report.TRAINING_STEP, model.name, model.label, config, "end-to-end", "training step", None)
-    harness.measure(benchmark, step, bench_settings, compiles_on_first_call=False, record=record)
+    harness.measure(benchmark, step, bench_settings, first_call_is_setup=False, record=record)
     # Only the injected pieces and the head train.
     injected = {name for name, p in network.named_parameters() if p.requires_grad}
     assert any("adapter" in name for name in injected)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -11,6 +13,9 @@ from kernel_testing import check_autocast_computes_in_float32
 import lowres_kernels as lk
 from lowres_kernels import _backend
 from lowres_kernels.nn import DomainAttention, SubKernelPatchEmbed
+
+# The module (lowres_kernels.ops re-exports its function under the same name).
+tokenize_ops = importlib.import_module("lowres_kernels.ops.subkernel_tokenize")
 
 
 def patch_conv(dim=8, patch=14, bias=False):
@@ -139,16 +144,20 @@ def test_ops_compute_in_float32_under_autocast(backend, compile_backend):
 
 
 @pytest.mark.parametrize(
-    "num_tokens, pool, needs_grad, expected",
+    "num_tokens, pool, dtype, trains_only_logits, expected",
     [
-        (64 * 256, "avg", True, True),  # the measured case: trained at 64 ViT-H/14 images
-        (64 * 256 - 1, "avg", True, False),
-        (64 * 256, "avg", False, False),  # inference: the CUDA forward is faster
-        (64 * 256, "max", True, False),
+        (64 * 256, "avg", torch.float32, True, True),  # the measured case: trained at 64 ViT-H/14 images
+        (64 * 256 - 1, "avg", torch.float32, True, False),
+        (64 * 256, "avg", torch.float32, False, False),  # inference, or gradients the benchmark did not time
+        (64 * 256, "max", torch.float32, True, False),
+        (64 * 256, "avg", torch.float64, True, False),  # unmeasured dtypes stay on CUDA
+        (64 * 256, "avg", torch.bfloat16, True, False),
     ],
 )
-def test_triton_is_chosen_for_tokenization_only_where_it_was_measured_faster(num_tokens, pool, needs_grad, expected):
-    assert _backend.triton_is_faster_for_tokenize(num_tokens, pool, needs_grad) is expected
+def test_triton_is_chosen_for_tokenization_only_where_it_was_measured_faster(
+    num_tokens, pool, dtype, trains_only_logits, expected
+):
+    assert _backend.triton_is_faster_for_tokenize(num_tokens, pool, dtype, trains_only_logits) is expected
 
 
 @pytest.mark.parametrize(
@@ -158,6 +167,8 @@ def test_triton_is_chosen_for_tokenization_only_where_it_was_measured_faster(num
         (True, True, True, "triton"),
         (True, False, True, "cuda"),  # no Triton installed: the preference cannot apply
         (False, True, False, "triton"),
+        (False, True, True, "triton"),
+        (False, False, True, "reference"),
         (False, False, False, "reference"),
     ],
 )
@@ -165,4 +176,46 @@ def test_auto_backend_on_a_gpu(monkeypatch, cuda_built, triton, prefer_triton, e
     monkeypatch.delenv("LOWRES_BACKEND", raising=False)
     monkeypatch.setattr(_backend, "cuda_kernels_built", lambda: cuda_built)
     monkeypatch.setattr(_backend, "triton_available", lambda device: triton)
-    assert _backend.resolve_backend("op", None, torch.device("cuda"), prefer_triton=prefer_triton) == expected
+    choice = _backend.resolve_backend("op", None, torch.device("cuda"), prefer_triton=lambda: prefer_triton)
+    assert choice == expected
+
+
+def test_the_measured_rule_is_asked_only_for_a_choice_between_cuda_and_triton(monkeypatch):
+    monkeypatch.delenv("LOWRES_BACKEND", raising=False)
+
+    def must_not_be_asked():
+        raise AssertionError("the rule was evaluated")
+
+    assert _backend.resolve_backend("op", None, torch.device("cpu"), prefer_triton=must_not_be_asked) == "cpp"
+    assert _backend.resolve_backend("op", "reference", torch.device("cpu"), prefer_triton=must_not_be_asked) == "reference"
+    monkeypatch.setattr(_backend, "cuda_kernels_built", lambda: True)
+    monkeypatch.setattr(_backend, "triton_available", lambda device: False)
+    assert _backend.resolve_backend("op", None, torch.device("cuda"), prefer_triton=must_not_be_asked) == "cuda"
+
+
+@pytest.mark.parametrize("grad_of", ["logits", "x", "weight", None])
+def test_subkernel_tokenize_gives_the_rule_its_call(monkeypatch, grad_of):
+    """The entry point hands the rule the token count, pool, dtype and which gradients are wanted."""
+    monkeypatch.delenv("LOWRES_BACKEND", raising=False)
+    monkeypatch.setattr(_backend, "cuda_kernels_built", lambda: True)
+    monkeypatch.setattr(_backend, "triton_available", lambda device: True)
+    calls = []
+    monkeypatch.setattr(
+        tokenize_ops, "triton_is_faster_for_tokenize", lambda *args: calls.append(args) or False
+    )
+    monkeypatch.setattr(tokenize_ops, "resolve_backend", _resolve_as_if_on_a_gpu)
+    x, weight, logits = torch.randn(2, 3, 28, 42), torch.randn(4, 3, 14, 14), torch.randn(49)
+    for name, t in (("x", x), ("weight", weight), ("logits", logits)):
+        t.requires_grad_(name == grad_of)
+    lk.subkernel_tokenize(x, weight, logits, pool="avg")
+    assert calls == [(2 * 2 * 3, "avg", torch.float32, grad_of == "logits")]
+    calls.clear()
+    with torch.no_grad():
+        lk.subkernel_tokenize(x, weight, logits, pool="avg")
+    assert calls == [(2 * 2 * 3, "avg", torch.float32, False)]
+
+
+def _resolve_as_if_on_a_gpu(op, backend, device, *, prefer_triton=None):
+    """resolve_backend for `device` as a GPU would answer it, then the CPU kernel to run the call."""
+    _backend.resolve_backend(op, backend, torch.device("cuda"), prefer_triton=prefer_triton)
+    return "cpp"

@@ -5,8 +5,8 @@
 // call on the device by the shared kernel algebra (csrc/subkernel_kernels.cpp). The convolutions
 // run as tiled shared-memory GEMMs that read the image straight from global memory (implicit
 // im2col: no column buffer exists), with the address of every token, pixel and kernel entry
-// worked out once per block or stage (not per staged element) and the next stage fetched into
-// registers while the current one is multiplied:
+// worked out (its divisions done) once per block or stage, not per staged element, and the next
+// stage fetched into registers while the current one is multiplied:
 //   forward      tokens = bias + blend max_window(K_eff cols_fine) + K_patch cols_patch, the max
 //                pool (with its uint8 argmax) fused into the epilogue, so the fine map is never
 //                stored; with pool="avg" the op is a single q x q, stride-q GEMM;
@@ -42,28 +42,33 @@ constexpr int kDepth = 16;
 constexpr int kSide = 16;
 constexpr int kThreads = kSide * kSide;
 constexpr int kMicro = kTile / kSide;
-constexpr int kPad = 4;              // keeps every staged row 4-element aligned for the vector reads
+// Padding of the staged rows: it shifts consecutive k across shared-memory banks for the k-major
+// stores, and stays a multiple of kMicro so that the micro-tile reads remain aligned vectors.
+constexpr int kPad = 4;
 constexpr int kMinBlocksPerSM = 2;  // caps registers at 128 per thread: two blocks share an SM
 
-static_assert(kThreads % kTile == 0 && kThreads % kDepth == 0, "staging assumes whole rows per pass");
+static_assert(kPad % kMicro == 0, "the micro-tile vector reads need aligned rows");
+static_assert(kDepth * kTile % kThreads == 0, "each thread stages the same number of operand elements");
+static_assert(kThreads >= 2 * kTile && kThreads >= kDepth, "the per-block and per-stage tables take one thread per entry");
 
 template <typename T>
 struct alignas(kMicro * sizeof(T)) MicroVector {
   T v[kMicro];
 };
 
-// `reduction` describes the reduction indices of the next two stages (see block_gemm): the address
-// arithmetic of an index is done once per stage, not once per staged element.
-template <typename acc_t, typename Info>
+// `reduction` holds the reduction indices of the stage being fetched and of the one after (see
+// block_gemm) as the operands need them: the address arithmetic of an index is done once per
+// stage, not once per staged element.
+template <typename acc_t, typename ReductionIndex>
 struct GemmStage {
   alignas(kMicro * sizeof(acc_t)) acc_t a[kDepth][kTile + kPad];  // A[row, k] stored k-major
   alignas(kMicro * sizeof(acc_t)) acc_t b[kDepth][kTile + kPad];  // B[k, col]
-  Info reduction[2][kDepth];
+  ReductionIndex reduction[2][kDepth];
 };
 
 // acc[i][j] += sum over k in [k_begin, k_end) of A(ty kMicro + i, k) B(k, tx kMicro + j), the rows
 // and columns local to the block's tile. `ops` provides
-//   Info reduction(k)                  what A and B need to know of reduction index k (offsets, ...),
+//   ReductionIndex reduction(k)        what A and B need to know of reduction index k (offsets, ...),
 //   acc_t a(row, info), b(info, col)   the operands, 0 for rows and columns outside the matrix,
 //   kAAlongK, kBAlongK                 whether consecutive threads fetch consecutive k (for an
 //                                      operand contiguous in k) or consecutive rows / columns.
@@ -72,8 +77,8 @@ struct GemmStage {
 // block must call it.
 template <typename acc_t, typename Operands>
 __device__ void block_gemm(const Operands& ops, int64_t k_begin, int64_t k_end,
-                           GemmStage<acc_t, typename Operands::Info>& stage, acc_t (&acc)[kMicro][kMicro]) {
-  using Info = typename Operands::Info;
+                           GemmStage<acc_t, typename Operands::ReductionIndex>& stage, acc_t (&acc)[kMicro][kMicro]) {
+  using ReductionIndex = typename Operands::ReductionIndex;
   constexpr int kPerThread = kDepth * kTile / kThreads;
   // Element e of a stage as (k, row-or-column) within the stage.
   const auto split = [](int e, bool along_k, int& kk, int& rc) {
@@ -81,7 +86,7 @@ __device__ void block_gemm(const Operands& ops, int64_t k_begin, int64_t k_end,
     rc = along_k ? e / kDepth : e % kTile;
   };
   acc_t next_a[kPerThread], next_b[kPerThread];
-  const auto fetch = [&](int64_t k0, const Info* info) {
+  const auto fetch = [&](int64_t k0, const ReductionIndex* info) {
 #pragma unroll
     for (int s = 0; s < kPerThread; ++s) {
       int kk, rc;
@@ -91,13 +96,13 @@ __device__ void block_gemm(const Operands& ops, int64_t k_begin, int64_t k_end,
       next_b[s] = k0 + kk < k_end ? ops.b(info[kk], rc) : acc_t(0);
     }
   };
-  const auto describe = [&](int64_t k0, int buffer) {
+  const auto tabulate_reduction = [&](int64_t k0, int buffer) {
     if (threadIdx.x < kDepth && k0 + threadIdx.x < k_end) stage.reduction[buffer][threadIdx.x] = ops.reduction(k0 + threadIdx.x);
   };
 
   const int tx = threadIdx.x % kSide, ty = threadIdx.x / kSide;
-  describe(k_begin, 0);
-  describe(k_begin + kDepth, 1);
+  tabulate_reduction(k_begin, 0);
+  tabulate_reduction(k_begin + kDepth, 1);
   __syncthreads();
   fetch(k_begin, stage.reduction[0]);
   int buffer = 0;
@@ -114,7 +119,7 @@ __device__ void block_gemm(const Operands& ops, int64_t k_begin, int64_t k_end,
     if (k0 + kDepth < k_end) {
       fetch(k0 + kDepth, stage.reduction[buffer ^ 1]);
       // Every thread fetched this stage (reading `buffer`) before the barrier above.
-      describe(k0 + 2 * kDepth, buffer);
+      tabulate_reduction(k0 + 2 * kDepth, buffer);
     }
 #pragma unroll
     for (int kk = 0; kk < kDepth; ++kk) {
@@ -229,7 +234,7 @@ struct Entry {
 // position `window_offset` (columns = tokens, located by `token_offsets`, -1 past the last).
 template <typename scalar_t, typename acc_t>
 struct KernelTimesColumns {
-  using Info = Entry;
+  using ReductionIndex = Entry;
   static constexpr bool kAAlongK = true, kBAlongK = true;  // kernel rows and patch rows are contiguous in k
   const acc_t* kernel;
   const scalar_t* x;
@@ -310,7 +315,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
 // `entry_offsets`, -1 past the last).
 template <typename scalar_t, typename acc_t>
 struct GradTimesColumns {
-  using Info = Pixel;
+  using ReductionIndex = Pixel;
   static constexpr bool kAAlongK = true, kBAlongK = false;  // consecutive pixels / kernel entries lie together
   PixelGrad<scalar_t, acc_t> pixel_grad;
   const scalar_t* x;
@@ -356,7 +361,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
 // `pixels`, grad_index -1 past the last; the reduction over channels), B = kernel [dim, depth].
 template <typename scalar_t, typename acc_t>
 struct GradTimesKernel {
-  using Info = int64_t;
+  using ReductionIndex = int64_t;
   static constexpr bool kAAlongK = false, kBAlongK = false;  // consecutive pixels / kernel entries lie together
   PixelGrad<scalar_t, acc_t> pixel_grad;
   const acc_t* kernel;

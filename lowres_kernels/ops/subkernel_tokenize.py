@@ -34,15 +34,16 @@ def subkernel_tokenize(
     the plain patch embedding: blend * pooled + (1 - blend) * conv(x, weight, stride=q) + bias.
     """
     x, weight, logits, bias = float32_under_autocast(x, weight, logits, bias)
-    check_subkernel_tokenize(x, weight, logits, bias, sub, step, pool, blend)
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, logits, bias))
-    num_tokens = x.shape[0] * (x.shape[2] // weight.shape[-1]) * (x.shape[3] // weight.shape[-1])
-    name = resolve_backend(
-        "subkernel_tokenize",
-        backend,
-        x.device,
-        prefer_triton=triton_is_faster_for_tokenize(num_tokens, pool, needs_grad),
-    )
+    geometry = check_subkernel_tokenize(x, weight, logits, bias, sub, step, pool, blend)
+
+    def triton_measured_faster() -> bool:
+        trains_only_logits = (
+            torch.is_grad_enabled() and logits.requires_grad and not x.requires_grad and not weight.requires_grad
+        )
+        num_tokens = x.shape[0] * geometry.grid_h * geometry.grid_w
+        return triton_is_faster_for_tokenize(num_tokens, pool, x.dtype, trains_only_logits)
+
+    name = resolve_backend("subkernel_tokenize", backend, x.device, prefer_triton=triton_measured_faster)
     if name == "reference":
         with autocast_off(x.device.type):
             return reference.subkernel_tokenize(x, weight, logits, bias, sub=sub, step=step, pool=pool, blend=blend)
