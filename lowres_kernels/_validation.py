@@ -83,7 +83,9 @@ def check_subkernel_tokenize(
         raise ValueError(f"{op}: weight must have a square kernel [D, C, q, q], got shape {_shape(weight)}")
     if logits.dim() != 1 or logits.numel() < 1:
         raise ValueError(f"{op}: logits must be a vector [T] with T = n*n, got shape {_shape(logits)}")
-    per_side = math.isqrt(logits.numel())
+    # Not math.isqrt: under torch.compile(dynamic=True) T is symbolic, which isqrt does not take.
+    # The float root is exact for perfect squares (below 2^52); the check below catches the rest.
+    per_side = round(logits.numel() ** 0.5)
     if per_side * per_side != logits.numel():
         raise ValueError(f"{op}: logits must have a square number T = n*n of entries, got T = {logits.numel()}")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):

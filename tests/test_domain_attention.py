@@ -112,15 +112,16 @@ def test_bad_input_to_the_raw_backward_op_raises_a_clear_error():
         backward(v.double(), v, maps, mix, 1, mask)
 
 
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 @pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
-def test_torch_compile_fullgraph(compile_backend):
+def test_torch_compile_fullgraph(compile_backend, dynamic):
     torch._dynamo.reset()
     v, maps, mix = leaves(*make_inputs(), dtype=torch.float32)
 
     def step(v, maps, mix):
         return (lk.domain_attention(v, maps, mix) * 2 + 1).square().mean()
 
-    compiled = torch.compile(step, fullgraph=True, backend=compile_backend)
+    compiled = torch.compile(step, fullgraph=True, backend=compile_backend, dynamic=dynamic)
     loss = compiled(v, maps, mix)
     ours = torch.autograd.grad(loss, [v, maps, mix])
     expected_loss = step(v, maps, mix)

@@ -130,15 +130,16 @@ def test_opcheck(pool):
     )
 
 
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 @pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
-def test_torch_compile_fullgraph(compile_backend):
+def test_torch_compile_fullgraph(compile_backend, dynamic):
     torch._dynamo.reset()
     x, weight, logits, b = leaves(*make_inputs(), dtype=torch.float32)
 
     def step(x, weight, logits, b):
         return lk.subkernel_tokenize(x, weight, logits, b, pool="max", blend=0.5).square().mean()
 
-    compiled = torch.compile(step, fullgraph=True, backend=compile_backend)
+    compiled = torch.compile(step, fullgraph=True, backend=compile_backend, dynamic=dynamic)
     loss = compiled(x, weight, logits, b)
     ours = torch.autograd.grad(loss, [x, weight, logits, b])
     expected_loss = step(x, weight, logits, b)
