@@ -51,6 +51,47 @@ class SubkernelGeometry:
     grid_w: int  # W / q
 
 
+def check_subkernel_options(
+    op: str,
+    q: int,
+    sub: int,
+    step: int,
+    num_subkernels: int,
+    pool: str,
+    blend: float,
+    weight: Optional[torch.Tensor] = None,
+) -> tuple[int, int]:
+    """Validates the options of sub-kernel tokenization against a q x q patch kernel and T =
+    num_subkernels sub-kernels (also at module construction, before any input exists); returns
+    (n, r): the sub-kernels per side and the pooling window. `weight`, when given, is named in
+    the messages."""
+    # Not math.isqrt: under torch.compile(dynamic=True) T is symbolic, which isqrt does not take.
+    # The float root is exact for perfect squares (below 2^52); the check below catches the rest.
+    per_side = round(num_subkernels ** 0.5)
+    if per_side * per_side != num_subkernels:
+        raise ValueError(f"{op}: logits must have a square number T = n*n of entries, got T = {num_subkernels}")
+    if isinstance(sub, bool) or not isinstance(sub, int) or sub < 1:
+        raise ValueError(f"{op}: sub must be a positive int, got {sub!r}")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise ValueError(f"{op}: step must be a positive int, got {step!r}")
+    if sub > q or q % sub != 0:
+        where = "" if weight is None else f" (weight {_shape(weight)})"
+        raise ValueError(f"{op}: sub={sub} must divide the kernel size q={q}{where}")
+    if (per_side - 1) * step >= q:
+        raise ValueError(
+            f"{op}: with T={num_subkernels} sub-kernels ({per_side} per side) and step={step} the last "
+            f"offset {(per_side - 1) * step} falls outside the kernel of size q={q}"
+        )
+    if pool not in POOLS:
+        raise ValueError(f"{op}: pool must be one of {POOLS}, got {pool!r}")
+    if not isinstance(blend, (int, float)) or isinstance(blend, bool) or not math.isfinite(blend):
+        raise ValueError(f"{op}: blend must be a finite number, got {blend!r}")
+    ratio = q // sub
+    if ratio * ratio > 255:
+        raise ValueError(f"{op}: the pooling window q/sub={ratio} is too large (at most 15)")
+    return per_side, ratio
+
+
 def check_subkernel_tokenize(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -83,31 +124,9 @@ def check_subkernel_tokenize(
         raise ValueError(f"{op}: weight must have a square kernel [D, C, q, q], got shape {_shape(weight)}")
     if logits.dim() != 1 or logits.numel() < 1:
         raise ValueError(f"{op}: logits must be a vector [T] with T = n*n, got shape {_shape(logits)}")
-    # Not math.isqrt: under torch.compile(dynamic=True) T is symbolic, which isqrt does not take.
-    # The float root is exact for perfect squares (below 2^52); the check below catches the rest.
-    per_side = round(logits.numel() ** 0.5)
-    if per_side * per_side != logits.numel():
-        raise ValueError(f"{op}: logits must have a square number T = n*n of entries, got T = {logits.numel()}")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
         raise ValueError(f"{op}: bias must be [D] = [{weight.shape[0]}], got shape {_shape(bias)}")
-    if isinstance(sub, bool) or not isinstance(sub, int) or sub < 1:
-        raise ValueError(f"{op}: sub must be a positive int, got {sub!r}")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise ValueError(f"{op}: step must be a positive int, got {step!r}")
-    if sub > q or q % sub != 0:
-        raise ValueError(f"{op}: sub={sub} must divide the kernel size q={q} (weight {_shape(weight)})")
-    if (per_side - 1) * step >= q:
-        raise ValueError(
-            f"{op}: with T={logits.numel()} sub-kernels ({per_side} per side) and step={step} the last "
-            f"offset {(per_side - 1) * step} falls outside the kernel of size q={q}"
-        )
-    if pool not in POOLS:
-        raise ValueError(f"{op}: pool must be one of {POOLS}, got {pool!r}")
-    if not isinstance(blend, (int, float)) or isinstance(blend, bool) or not math.isfinite(blend):
-        raise ValueError(f"{op}: blend must be a finite number, got {blend!r}")
-    ratio = q // sub
-    if ratio * ratio > 255:
-        raise ValueError(f"{op}: the pooling window q/sub={ratio} is too large (at most 15)")
+    per_side, ratio = check_subkernel_options(op, q, sub, step, logits.numel(), pool, blend, weight)
     height, width = x.shape[2], x.shape[3]
     if height % q != 0 or width % q != 0:
         raise ValueError(f"{op}: the image size {height}x{width} of x {_shape(x)} must be a multiple of q={q}")

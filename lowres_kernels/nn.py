@@ -8,6 +8,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ._validation import check_subkernel_options
 from .ops import domain_attention, subkernel_tokenize
 
 
@@ -36,6 +37,8 @@ class SubKernelPatchEmbed(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
+        # Options that cannot work with this patch size fail here, not at the first forward.
+        check_subkernel_options("SubKernelPatchEmbed", patch_size, sub, step, num_subkernels, pool, blend)
         factory = {"device": device, "dtype": dtype}
         self.in_channels, self.embed_dim, self.patch_size = in_channels, embed_dim, patch_size
         self.sub, self.step, self.pool, self.blend, self.backend = sub, step, pool, blend, backend
@@ -109,6 +112,9 @@ class DomainAttention(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
+        for name, value, least in (("num_maps", num_maps, 1), ("grid_size", grid_size, 1), ("num_prefix_tokens", num_prefix_tokens, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"DomainAttention: {name} must be an int >= {least}, got {value!r}")
         factory = {"device": device, "dtype": dtype}
         self.num_maps, self.grid_size, self.num_prefix_tokens, self.backend = num_maps, grid_size, num_prefix_tokens, backend
         self.maps = nn.Parameter(torch.ones(num_maps, 2 * grid_size, 2 * grid_size, **factory))

@@ -78,6 +78,23 @@ def test_subkernel_patch_embed_rejects_what_is_not_a_patch_embedding(conv, messa
         SubKernelPatchEmbed.from_conv(conv)
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(sub=5), r"SubKernelPatchEmbed: sub=5 must divide the kernel size q=14"),
+        (dict(step=3), r"last offset 18 falls outside the kernel of size q=14"),
+        (dict(pool="median"), r"pool must be one of \('max', 'avg'\), got 'median'"),
+        (dict(blend=float("inf")), r"blend must be a finite number"),
+        (dict(num_subkernels=48), r"square number T = n\*n of entries, got T = 48"),
+    ],
+)
+def test_subkernel_patch_embed_rejects_options_at_construction(options, message):
+    with pytest.raises(ValueError, match=message):
+        SubKernelPatchEmbed(3, 8, 14, **options)
+    with pytest.raises(ValueError, match=message):
+        SubKernelPatchEmbed.from_conv(nn.Conv2d(3, 8, kernel_size=14, stride=14), **options)
+
+
 def test_domain_attention_module():
     torch.manual_seed(0)
     module = DomainAttention(num_maps=4, grid_size=3, num_prefix_tokens=2)
@@ -96,6 +113,19 @@ def test_domain_attention_module():
     module(v, proj).sum().backward()
     assert all(p.grad is not None for p in module.parameters())
     assert "num_maps=4, grid_size=3, num_prefix_tokens=2" in repr(module)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(num_maps=0), r"num_maps must be an int >= 1, got 0"),
+        (dict(grid_size=2.0), r"grid_size must be an int >= 1, got 2.0"),
+        (dict(num_prefix_tokens=-1), r"num_prefix_tokens must be an int >= 0, got -1"),
+    ],
+)
+def test_domain_attention_module_rejects_options_at_construction(options, message):
+    with pytest.raises(ValueError, match=message):
+        DomainAttention(**options)
 
 
 def test_domain_attention_module_follows_the_input_dtype():
