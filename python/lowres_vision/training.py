@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import (
     ClassificationDataset,
     ClassificationSplit,
@@ -292,7 +292,10 @@ def build_model(cfg: TrainConfig, num_classes: Optional[int]) -> tuple[nn.Module
     _seed_everything(cfg.seed)
     visual, preprocess = build_backbone(cfg.backbone, cfg.pretrained, checkpoint=cfg.checkpoint,
                                         image_size=cfg.image_size, tiny=cfg.tiny)
-    inject(visual, tokenization=cfg.tokenization, domain_attention=cfg.domain_attention, adapter=cfg.adapter)
+    try:
+        inject(visual, tokenization=cfg.tokenization, domain_attention=cfg.domain_attention, adapter=cfg.adapter)
+    except ValueError as error:  # options that do not fit this backbone (say, sub=7 with 16-pixel patches)
+        raise ConfigError(f"{cfg.backbone}: {error}") from error
     if num_classes is not None:
         head = ClassificationHead(_tower_width(visual), num_classes)
     else:
@@ -487,7 +490,7 @@ def train(cfg: TrainConfig, *, on_step: Optional[StepHook] = None) -> dict[str, 
     """
     cfg.validate()
     if cfg.out is None:
-        raise ValueError("train: cfg.out (the run directory) is required")
+        raise ConfigError("out: the run directory is required (--out)")
     context = _init_distributed(cfg)
     try:
         return _train(cfg, context, on_step)
@@ -600,7 +603,7 @@ def evaluate(cfg: TrainConfig) -> dict[str, float]:
 
     cfg.validate()
     if cfg.out is None:
-        raise ValueError("evaluate: cfg.out (the run directory) is required")
+        raise ConfigError("out: the run directory is required")
     run = Path(cfg.out)
     path = run / "trainable.safetensors"
     if not path.is_file():

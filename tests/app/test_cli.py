@@ -64,6 +64,16 @@ def test_invalid_settings_are_reported_with_their_name(lite_root, tmp_path, caps
     assert "--tokenization: expected a JSON object" in capsys.readouterr().err
 
 
+def test_settings_that_do_not_fit_the_run_are_reported_without_a_traceback(lite_root, tmp_path, capsys):
+    base = ["train", "--task", "circuits", "--data-root", str(lite_root), *TINY]
+    assert cli.main(base) == 2
+    assert "out: the run directory is required (--out)" in capsys.readouterr().err
+    assert cli.main([*base, "--out", str(tmp_path / "run"), "--tokenization", '{"sub": 5}']) == 2
+    assert "SubKernelPatchEmbed: sub=5 must divide the kernel size q=" in capsys.readouterr().err
+    assert cli.main([*base, "--out", str(tmp_path / "run"), "--domain-attention", '{"num_maps": 0}']) == 2
+    assert "DomainAttention: num_maps must be an int >= 1, got 0" in capsys.readouterr().err
+
+
 def test_unreadable_image_fails_with_its_path(lite_root, tmp_path, capsys):
     root = write_toy_lite(tmp_path / "lite", shots=1, eval_shots=1, pairs=2)
     broken = root / "circuits" / "data" / "img_1.png"

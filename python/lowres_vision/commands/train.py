@@ -71,6 +71,9 @@ def run_train(args: argparse.Namespace) -> int:
             print(format_report(dry_run_report(cfg, build=not args.analytic_only)))
             return 0
         metrics = train(cfg)
+    except ConfigError as error:
+        print(f"lowres-vision train: error: {error}", file=sys.stderr)
+        return 2
     except (DatasetFormatError, ImageReadError, FileNotFoundError) as error:
         print(f"lowres-vision train: error: {error}", file=sys.stderr)
         return 1
