@@ -31,6 +31,13 @@ def _check_tensor(op: str, name: str, t, ref_name: str, ref: torch.Tensor) -> No
         raise RuntimeError(f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; they must be on one device")
 
 
+def check_int(op: str, name: str, value, *, least: int) -> None:
+    """An int option (not a bool) of at least `least` (0 or 1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        kind = "positive" if least == 1 else "non-negative"
+        raise ValueError(f"{op}: {name} must be a {kind} int, got {value!r}")
+
+
 def check_backward_grad(op: str, grad, ref_name: str, ref: torch.Tensor, shape) -> None:
     """The incoming gradient of a backward op: `ref`'s dtype and device, the forward output's shape."""
     _check_tensor(op, "grad", grad, ref_name, ref)
@@ -70,10 +77,8 @@ def check_subkernel_options(
     per_side = round(num_subkernels ** 0.5)
     if per_side * per_side != num_subkernels:
         raise ValueError(f"{op}: logits must have a square number T = n*n of entries, got T = {num_subkernels}")
-    if isinstance(sub, bool) or not isinstance(sub, int) or sub < 1:
-        raise ValueError(f"{op}: sub must be a positive int, got {sub!r}")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise ValueError(f"{op}: step must be a positive int, got {step!r}")
+    check_int(op, "sub", sub, least=1)
+    check_int(op, "step", step, least=1)
     if sub > q or q % sub != 0:
         where = "" if weight is None else f" (weight {_shape(weight)})"
         raise ValueError(f"{op}: sub={sub} must divide the kernel size q={q}{where}")
@@ -153,8 +158,7 @@ def check_domain_attention(
         raise ValueError(
             f"{op}: mix_logits must be [C] = [{maps.shape[0]}] (one per map), got shape {_shape(mix_logits)}"
         )
-    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
-        raise ValueError(f"{op}: num_prefix_tokens must be a non-negative int, got {num_prefix_tokens!r}")
+    check_int(op, "num_prefix_tokens", num_prefix_tokens, least=0)
     h = maps.shape[1] // 2
     if v.shape[1] != num_prefix_tokens + h * h:
         raise ValueError(

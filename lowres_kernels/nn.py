@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ._validation import check_subkernel_options
+from ._validation import check_int, check_subkernel_options
 from .ops import domain_attention, subkernel_tokenize
 
 
@@ -112,9 +112,9 @@ class DomainAttention(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        for name, value, least in (("num_maps", num_maps, 1), ("grid_size", grid_size, 1), ("num_prefix_tokens", num_prefix_tokens, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"DomainAttention: {name} must be an int >= {least}, got {value!r}")
+        check_int("DomainAttention", "num_maps", num_maps, least=1)
+        check_int("DomainAttention", "grid_size", grid_size, least=1)
+        check_int("DomainAttention", "num_prefix_tokens", num_prefix_tokens, least=0)
         factory = {"device": device, "dtype": dtype}
         self.num_maps, self.grid_size, self.num_prefix_tokens, self.backend = num_maps, grid_size, num_prefix_tokens, backend
         self.maps = nn.Parameter(torch.ones(num_maps, 2 * grid_size, 2 * grid_size, **factory))

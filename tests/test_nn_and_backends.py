@@ -118,9 +118,9 @@ def test_domain_attention_module():
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(num_maps=0), r"num_maps must be an int >= 1, got 0"),
-        (dict(grid_size=2.0), r"grid_size must be an int >= 1, got 2.0"),
-        (dict(num_prefix_tokens=-1), r"num_prefix_tokens must be an int >= 0, got -1"),
+        (dict(num_maps=0), r"DomainAttention: num_maps must be a positive int, got 0"),
+        (dict(grid_size=2.0), r"DomainAttention: grid_size must be a positive int, got 2.0"),
+        (dict(num_prefix_tokens=-1), r"DomainAttention: num_prefix_tokens must be a non-negative int, got -1"),
     ],
 )
 def test_domain_attention_module_rejects_options_at_construction(options, message):

@@ -71,7 +71,7 @@ def test_settings_that_do_not_fit_the_run_are_reported_without_a_traceback(lite_
     assert cli.main([*base, "--out", str(tmp_path / "run"), "--tokenization", '{"sub": 5}']) == 2
     assert "SubKernelPatchEmbed: sub=5 must divide the kernel size q=" in capsys.readouterr().err
     assert cli.main([*base, "--out", str(tmp_path / "run"), "--domain-attention", '{"num_maps": 0}']) == 2
-    assert "DomainAttention: num_maps must be an int >= 1, got 0" in capsys.readouterr().err
+    assert "DomainAttention: num_maps must be a positive int, got 0" in capsys.readouterr().err
 
 
 def test_unreadable_image_fails_with_its_path(lite_root, tmp_path, capsys):
