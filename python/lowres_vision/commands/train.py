@@ -61,12 +61,8 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = config_from_args(args, args.config)
         if args.analytic_only and not args.dry_run:
             raise ConfigError("--analytic-only needs --dry-run")
-    except ConfigError as error:
-        print(f"lowres-vision train: error: {error}", file=sys.stderr)
-        return 2
-    from ..training import dry_run_report, train
+        from ..training import dry_run_report, train  # after the settings: their errors come fast
 
-    try:
         if args.dry_run:
             print(format_report(dry_run_report(cfg, build=not args.analytic_only)))
             return 0
