@@ -22,6 +22,9 @@ from typing import Any, Mapping, Optional
 from .data import TASKS
 
 
+BASELINES = ("tokenization", "domain_attention", "adapter")  # the injections of lowres_vision.inject
+
+
 class ConfigError(ValueError):
     """A configuration value or file is invalid; the message names the setting."""
 
@@ -88,7 +91,7 @@ class TrainConfig:
             raise ConfigError(f"eval_split must be 'val' or 'test', got {self.eval_split!r}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.split(":")[0] == "cuda"):
             raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-        baselines = [name for name in ("tokenization", "domain_attention", "adapter") if getattr(self, name) is not None]
+        baselines = [name for name in BASELINES if getattr(self, name) is not None]
         if self.linear_probe and baselines:
             raise ConfigError(f"linear_probe trains the head alone; it cannot be combined with {', '.join(baselines)}")
         if self.resume and not self.out:

@@ -1,0 +1,57 @@
+"""What a run reads: transforms, the class names, the training dataset (with generated images) and
+the endless stream of label-breaking pairs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import TrainConfig
+from ..data import ClassificationDataset, EpochSeededDataset, PairDataset, RetrievalSplit, is_retrieval, load_split, train_transform, eval_transform
+from .distributed import Distributed, ResumableDistributedSampler
+
+def transforms(preprocess: dict[str, Any], augment: bool):
+    options = {"mean": preprocess["mean"], "std": preprocess["std"]}
+    return train_transform(preprocess["image_size"], augment=augment, **options), eval_transform(preprocess["image_size"], **options)
+
+def task_class_names(cfg: TrainConfig) -> Optional[tuple[str, ...]]:
+    if is_retrieval(cfg.task):
+        return None
+    split = load_split(cfg.task, cfg.data_root, "train")
+    return split.class_names
+
+def train_dataset(cfg: TrainConfig, transform) -> torch.utils.data.Dataset:
+    split = load_split(cfg.task, cfg.data_root, "train")
+    if isinstance(split, RetrievalSplit):
+        return PairDataset(split, transform)
+    dataset = ClassificationDataset(split, transform)
+    if cfg.augment_manifest is not None:
+        from ..augment.data import AugmentedDataset
+
+        dataset = AugmentedDataset(dataset, cfg.augment_manifest, replace_prob=cfg.replace_prob,
+                                   replaced_weight=cfg.replaced_weight, seed=cfg.seed)
+    return dataset
+
+def breaking_pair_batches(cfg: TrainConfig, transform, context: Distributed, start_step: int):
+    """An endless iterator of (label-breaking, partner) image batches, batch s at optimizer step s.
+
+    The pairs are cycled in seeded per-pass permutations (sharded over ranks like the task data);
+    starting at `start_step` resumes exactly where a checkpoint left off.
+    """
+    from ..augment.data import BreakingPairs
+
+    pairs = BreakingPairs(cfg.augment_manifest, transform)
+    if len(pairs) == 0:
+        raise ValueError(f"augment_manifest {cfg.augment_manifest}: no (label-breaking, partner) pairs listed")
+    dataset = EpochSeededDataset(pairs, cfg.seed + 1)
+    sampler = ResumableDistributedSampler(dataset, num_replicas=context.world_size, rank=context.rank, seed=cfg.seed + 1)
+    per_pass = math.ceil(sampler.num_samples / cfg.batch_size)
+    epoch, step = divmod(start_step, per_pass)
+    while True:
+        sampler.set_position(epoch, step * cfg.batch_size)
+        dataset.set_epoch(epoch)
+        yield from DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers)
+        epoch, step = epoch + 1, 0

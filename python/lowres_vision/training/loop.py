@@ -1,0 +1,176 @@
+"""`train`: the training loop, one optimizer step at a time, checkpointed and resumable."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..config import ConfigError, TrainConfig
+from ..data import EpochSeededDataset, is_retrieval
+from .distributed import Distributed, ResumableDistributedSampler, init_distributed, mean_over_ranks
+from .evaluation import autocast, evaluate_split
+from .inputs import breaking_pair_batches, task_class_names, train_dataset, transforms
+from .model import build_model, tower_width
+from .run_directory import Progress, append_log, load_checkpoint, save_checkpoint, save_tensors, truncate_log, write_json, write_results
+
+StepHook = Callable[[int, nn.Module], None]  # (global step, the model being trained)
+
+class StepForward(nn.Module):
+    """Everything a step needs from the model in one forward, so that DDP sees (and syncs) all of it.
+
+    images [B, 3, H, W] -> (head outputs of the first `num_task` images, class tokens of the rest);
+    the rest are the label-breaking pairs of the contrastive loss.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, num_task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.model.forward_tokens(images)
+        return self.model.head(tokens[:num_task]), tokens[num_task:, 0]
+
+def step_loss(forward: nn.Module, batch, pairs, breaking_loss: Optional[nn.Module], cfg: TrainConfig,
+               device: torch.device) -> torch.Tensor:
+    """Task loss (+ breaking_loss_weight x the label-breaking contrastive loss when `pairs` is given)."""
+    from ..losses import symmetric_contrastive_loss, weighted_cross_entropy
+
+    if is_retrieval(cfg.task):
+        # Both sides of every pair go through the shared backbone.
+        images, labels, weights = torch.cat(batch), None, None
+    else:
+        images, labels, *weights = batch
+        weights = weights[0] if weights else None
+    num_task = len(images)
+    if pairs is not None:
+        images = torch.cat([images, *pairs])
+    with autocast(device, cfg.amp):
+        outputs, features = forward(images.to(device, non_blocking=True), num_task)
+    outputs, features = outputs.float(), features.float()
+    if labels is None:
+        queries, gallery = outputs.split(num_task // 2)
+        loss = symmetric_contrastive_loss(queries, gallery, logit_scale=cfg.logit_scale)
+    else:
+        weights = None if weights is None else weights.to(device, torch.float32)
+        loss = weighted_cross_entropy(outputs, labels.to(device), weights)
+    if pairs is not None:
+        breaking, partners = features.split(len(pairs[0]))
+        loss = loss + cfg.breaking_loss_weight * breaking_loss(breaking, partners)
+    return loss
+
+def train(cfg: TrainConfig, *, on_step: Optional[StepHook] = None) -> dict[str, float]:
+    """Trains cfg's baselines (or linear probe) on the task's train split; returns the final metrics.
+
+    Writes the run directory `cfg.out` (see the module docstring). `on_step(global_step, model)` is
+    called after every optimizer step, once that step's checkpoint (if one is due) is on disk.
+    """
+    cfg.validate()
+    if cfg.out is None:
+        raise ConfigError("out: the run directory is required (--out)")
+    context = init_distributed(cfg)
+    try:
+        return _train(cfg, context, on_step)
+    finally:
+        if context.owns_group:
+            dist.destroy_process_group()
+
+def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) -> dict[str, float]:
+    from ..data import split_exists
+
+    run, device, world_size = Path(cfg.out), context.device, context.world_size
+    class_names = task_class_names(cfg)
+    model, preprocess = build_model(cfg, None if class_names is None else len(class_names))
+    model.to(device)
+    parameters = [parameter for _, parameter in model.trainable_parameters()]
+    if not parameters:
+        raise ValueError("train: nothing to train; set tokenization, domain_attention or adapter, or linear_probe")
+    train_tf, eval_tf = transforms(preprocess, cfg.train_augment)
+    dataset = EpochSeededDataset(train_dataset(cfg, train_tf), cfg.seed)
+    sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=context.rank, seed=cfg.seed)
+    optimizer = torch.optim.Adam(parameters, lr=cfg.lr)
+    breaking_loss = None
+    if cfg.augment_manifest is not None:
+        from ..losses import MemoryBankContrastiveLoss
+
+        breaking_loss = MemoryBankContrastiveLoss(tower_width(model.visual), cfg.bank_batches, cfg.logit_scale)
+
+    if context.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        write_json(run / "config.json", cfg.to_dict())
+    progress = Progress()
+    if cfg.resume:
+        progress = load_checkpoint(run, model, optimizer, breaking_loss, cfg.batch_size, world_size, cfg.seed)
+        if context.is_main:
+            truncate_log(run / "log.jsonl", progress.global_step)
+    elif context.is_main:
+        (run / "log.jsonl").unlink(missing_ok=True)
+    pair_batches = None
+    if breaking_loss is not None:
+        pair_batches = breaking_pair_batches(cfg, train_tf, context, progress.global_step)
+
+    def save() -> None:
+        save_checkpoint(run, model, optimizer, breaking_loss, progress, cfg.batch_size, world_size, cfg.seed)
+
+    forward: nn.Module = StepForward(model)
+    if world_size > 1:
+        forward = nn.parallel.DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+    steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
+    validate = cfg.eval_every > 0 and split_exists(cfg.task, cfg.data_root, "val")
+    model.train()
+    for epoch in range(progress.epoch, cfg.epochs):
+        sampler.set_position(epoch, progress.step_in_epoch * cfg.batch_size)
+        dataset.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                            pin_memory=device.type == "cuda")
+        with tqdm(loader, total=steps_per_epoch, initial=progress.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                  disable=not context.is_main, dynamic_ncols=True) as bar:
+            for batch in bar:
+                pairs = None if pair_batches is None else next(pair_batches)
+                loss = step_loss(forward, batch, pairs, breaking_loss, cfg, device)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                progress.step_in_epoch += 1
+                progress.global_step += 1
+                loss_value = mean_over_ranks(loss.detach(), world_size)
+                progress.epoch_loss_sum += loss_value
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+                if context.is_main and cfg.log_every and progress.global_step % cfg.log_every == 0:
+                    append_log(run, {"event": "step", "epoch": epoch, "step": progress.global_step, "loss": loss_value,
+                                      "lr": optimizer.param_groups[0]["lr"], "time": time.time()})
+                # The epoch's last step is checkpointed by the epoch-end checkpoint below.
+                if (context.is_main and cfg.checkpoint_every and progress.global_step % cfg.checkpoint_every == 0
+                        and progress.step_in_epoch < steps_per_epoch):
+                    save()
+                if on_step is not None:
+                    on_step(progress.global_step, model)
+        record = {"event": "epoch", "epoch": epoch, "step": progress.global_step,
+                  "loss": progress.epoch_loss_sum / max(progress.step_in_epoch, 1), "time": time.time()}
+        progress = Progress(epoch + 1, 0, progress.global_step, 0.0)
+        if context.is_main:
+            if validate and (epoch + 1) % cfg.eval_every == 0:
+                metrics, _ = evaluate_split(model, cfg, "val", eval_tf, device)
+                record.update({f"val/{name}": value for name, value in metrics.items()})
+            append_log(run, record)
+            save()
+        if world_size > 1:
+            dist.barrier()  # the other ranks wait for rank 0's validation and checkpoint
+
+    metrics: dict[str, float] = {}
+    if context.is_main:
+        save_tensors(run / "trainable.safetensors", model.trainable_state_dict())
+        metrics, predictions = evaluate_split(model, cfg, cfg.eval_split, eval_tf, device)
+        write_results(run, metrics, predictions)
+    if world_size > 1:
+        shared = [metrics]
+        dist.broadcast_object_list(shared, src=0)
+        metrics = shared[0]
+    return metrics
