@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from .data import TASKS
+from .data import task_names
 
 
 BASELINES = ("tokenization", "domain_attention", "adapter")  # the injections of lowres_vision.inject
@@ -72,8 +72,8 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         _check_types(self)
-        if self.task not in TASKS:
-            raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.task not in task_names():
+            raise ConfigError(f"task must be one of {task_names()}, got {self.task!r}")
         for name in ("epochs", "batch_size", "image_size", "eval_batch_size", "bank_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -194,3 +194,29 @@ def test_epoch_seeded_dataset_is_order_independent(lite_root):
     assert torch.equal(before[0], torch.get_rng_state()) and before[1] == random.getstate()  # global RNGs untouched
     dataset.set_epoch(1)
     assert not torch.equal(dataset[0][0], forward[0])  # a new epoch draws new crops
+
+
+def test_a_registered_task_is_one_entry_for_config_and_loaders(tmp_path):
+    """A new dataset is one `register_task` call: TrainConfig accepts it and the loaders use it."""
+    from lowres_vision import data
+    from lowres_vision.config import TrainConfig
+    from lowres_vision.data import tasks
+
+    calls = []
+    spec = data.TaskSpec("toy-registered", retrieval=True, load=lambda root, split: calls.append((root, split)) or "loaded",
+                         split_path=lambda root, split: root / f"{split}.toy", augment_prompt="a toy")
+    data.register_task(spec)
+    try:
+        (tmp_path / "train.toy").touch()
+        assert "toy-registered" in data.task_names(retrieval=True)
+        assert "toy-registered" not in data.task_names(retrieval=False)
+        assert data.is_retrieval("toy-registered")
+        assert data.split_exists("toy-registered", tmp_path, "train") and not data.split_exists("toy-registered", tmp_path, "val")
+        assert data.load_split("toy-registered", tmp_path, "train") == "loaded" and calls == [(tmp_path, "train")]
+        TrainConfig(task="toy-registered", data_root=str(tmp_path)).validate()
+        with pytest.raises(ValueError, match="already registered"):
+            data.register_task(spec)
+    finally:
+        del tasks._REGISTRY["toy-registered"]
+    with pytest.raises(ValueError, match="task must be one of"):
+        data.is_retrieval("toy-registered")

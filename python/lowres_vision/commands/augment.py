@@ -9,22 +9,16 @@ from __future__ import annotations
 import argparse
 import os
 
-DEFAULT_PROMPTS = {
-    "circuits": "a circuit diagram of {name}",
-    "imagefolder": "a photo of a {name}",
-    "historic-maps": "a historic map",
-    "mechanical-drawing": "a mechanical drawing",
-    "paired-csv": "a photo",
-}
-
 
 def register(subparsers) -> None:
+    from ..data import task_names
+
     parser = subparsers.add_parser(
         "augment", help="generate label-preserving / label-breaking / GeNIe images with Stable Diffusion img2img",
         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--data-root", required=True, help="root of the LITE (or ImageFolder / paired-CSV) data")
-    parser.add_argument("--task", required=True, choices=sorted(DEFAULT_PROMPTS))
+    parser.add_argument("--task", required=True, choices=task_names())
     parser.add_argument("--split", default="train")
     parser.add_argument("--out", required=True, help="augmentation directory (images/, manifest.jsonl)")
     parser.add_argument("--model", default=None, help="diffusers hub id or local path (default: SD 1.5)")
@@ -74,6 +68,7 @@ def run(args) -> int:
     from ..augment import AugmentConfig, build_tiny_img2img_pipeline, load_img2img_pipeline, merge_manifests
     from ..augment import run_augmentation
     from ..augment.pipeline import DEFAULT_MODEL, TINY_MODEL
+    from ..data import task_spec
     from ..augment.preview import plot_examples, plot_genie_ada
 
     if args.merge_only:
@@ -95,7 +90,7 @@ def run(args) -> int:
     cfg = AugmentConfig(
         modes=args.modes, m=args.m, steps=args.steps, resolution=args.resolution or (64 if args.tiny else 512),
         preserve_strength=args.preserve_strength, break_strength=args.break_strength,
-        guidance_scale=args.guidance_scale, prompt_template=args.prompt or DEFAULT_PROMPTS[args.task],
+        guidance_scale=args.guidance_scale, prompt_template=args.prompt or task_spec(args.task).augment_prompt,
         genie_prompt_template=args.genie_prompt, genie_ratio=args.genie_ratio, genie_adaptive=args.genie_ada,
         batch_size=args.batch_size, seed=args.seed,
     )

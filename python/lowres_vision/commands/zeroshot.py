@@ -13,16 +13,17 @@ import argparse
 import json
 from pathlib import Path
 
-TASKS = ("circuits", "historic-maps", "mechanical-drawing", "imagefolder", "paired-csv")
 EXAMPLE_IMAGES = 4
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..data import task_names
+
     parser = subparsers.add_parser(
         "zeroshot", help="training-free zero-shot evaluation (plain prompts or CoRE retrieval enrichment)", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--task", required=True, choices=task_names())
     parser.add_argument("--data-root", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path, help="directory for metrics.json, predictions.npz and figures")
     parser.add_argument("--method", choices=("plain", "core"), default="core")

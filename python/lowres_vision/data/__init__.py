@@ -30,49 +30,31 @@ from .generic import load_image_folder, load_paired_csv
 from .io import DatasetFormatError, ImageReadError, load_image
 from .lite import load_circuits, load_historic_maps, load_mechanical_drawing
 from .splits import ClassificationSplit, RetrievalSplit
+from .tasks import TaskSpec, register_task, task_names, task_spec
 from .transforms import CLIP_MEAN, CLIP_STD, eval_transform, train_transform
 
-CLASSIFICATION_TASKS = ("circuits", "imagefolder")
-RETRIEVAL_TASKS = ("historic-maps", "mechanical-drawing", "paired-csv")
-TASKS = CLASSIFICATION_TASKS + RETRIEVAL_TASKS
-
-_LOADERS = {
-    "circuits": load_circuits,
-    "historic-maps": load_historic_maps,
-    "mechanical-drawing": load_mechanical_drawing,
-    "imagefolder": load_image_folder,
-    "paired-csv": load_paired_csv,
-}
+CLASSIFICATION_TASKS = task_names(retrieval=False)
+RETRIEVAL_TASKS = task_names(retrieval=True)
+TASKS = task_names()
 
 
 def is_retrieval(task: str) -> bool:
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    return task in RETRIEVAL_TASKS
+    return task_spec(task).retrieval
 
 
 def split_exists(task: str, root: Path | str, split: str) -> bool:
     """Whether `root` has the file (or folder) that defines split `split` of `task`."""
-    is_retrieval(task)
-    root = Path(root)
-    return {
-        "circuits": root / "circuits" / f"{split}_5_shots.csv",
-        "historic-maps": root / "historic-maps" / f"{split}.csv",
-        "mechanical-drawing": root / "mechanical-drawing" / f"{split}.csv",
-        "imagefolder": root / split,
-        "paired-csv": root / f"{split}.csv",
-    }[task].exists()
+    return task_spec(task).split_path(Path(root), split).exists()
 
 
 def load_split(task: str, root: Path | str, split: str) -> ClassificationSplit | RetrievalSplit:
     """Loads split `split` ("train", "val", "test") of `task` from `root`."""
-    is_retrieval(task)
-    return _LOADERS[task](root, split)
+    return task_spec(task).load(root, split)
 
 
 __all__ = [
     "CLASSIFICATION_TASKS", "CLIP_MEAN", "CLIP_STD", "ClassificationDataset", "ClassificationSplit", "DatasetFormatError",
     "EpochSeededDataset", "ImageListDataset", "ImageReadError", "PairDataset", "RETRIEVAL_TASKS", "RetrievalSplit",
-    "TASKS", "eval_transform", "is_retrieval", "load_circuits", "load_historic_maps", "load_image", "load_image_folder",
-    "load_mechanical_drawing", "load_paired_csv", "load_split", "seeded_rngs", "split_exists", "train_transform",
+    "TASKS", "TaskSpec", "eval_transform", "is_retrieval", "load_circuits", "load_historic_maps", "load_image", "load_image_folder",
+    "load_mechanical_drawing", "load_paired_csv", "load_split", "register_task", "seeded_rngs", "split_exists", "task_names", "task_spec", "train_transform",
 ]
