@@ -105,6 +105,9 @@ def test_weighted_caption_embedding_hand_computed():
     flat = weighted_caption_embedding(retrieved, caption_embeddings, temperature=100.0)
     w = math.exp(0.002) / (math.exp(0.002) + 1)
     torch.testing.assert_close(flat[0], torch.tensor([0.6 * w + (1 - w), 0.8 * w]))
+    # No temperature: the raw scores are the weights, 0.5·(0.6, 0.8) + 0.3·(1, 0).
+    raw = weighted_caption_embedding(retrieved, caption_embeddings, temperature=None)
+    torch.testing.assert_close(raw, torch.tensor([[0.6, 0.4], [0.0, 0.0]]))
     with pytest.raises(ValueError, match="temperature"):
         weighted_caption_embedding(retrieved, caption_embeddings, temperature=0.0)
 
@@ -119,17 +122,81 @@ def test_enrichment_formulas_hand_computed():
     torch.testing.assert_close(
         enrich_class_weights(weights, retrieved, 0.25, "release"), torch.tensor([[0.75 * unit, 0.25 * unit], [0.25 * unit, 0.75 * unit]])
     )
-    queries = torch.tensor([[0.6, 0.8]])
-    captions = torch.tensor([[0.5, 0.0]])
-    # Paper Eq. 7: 0.5·z_T + 0.5·z; release: the same, normalised (z_T itself is not).
-    torch.testing.assert_close(enrich_queries(queries, captions, 0.5, "paper"), torch.tensor([[0.55, 0.4]]))
-    torch.testing.assert_close(enrich_queries(queries, captions, 0.5, "release"), torch.tensor([[0.55, 0.4]]) / math.hypot(0.55, 0.4))
-    with pytest.raises(ValueError, match=r"beta mixing needs equal shapes, got \(1, 2\) and \(1, 3\)"):
-        enrich_queries(queries, torch.zeros(1, 3), 0.5)
     with pytest.raises(ValueError, match="alpha must lie in"):
         enrich_class_weights(weights, retrieved, 1.5)
     with pytest.raises(ValueError, match="formula"):
         enrich_class_weights(weights, retrieved, 0.5, "other")
+
+
+def test_query_mix_weighs_the_retrieved_side_by_beta():
+    # β = 0.25 is not symmetric: swapping β and 1−β moves z⁺ to the other side of the midpoint.
+    queries = torch.tensor([[0.6, 0.8]])
+    captions = torch.tensor([[0.5, 0.0]])
+    # Paper Eq. 7: 0.25·z_T + 0.75·z = (0.125 + 0.45, 0.6).
+    torch.testing.assert_close(enrich_queries(queries, captions, 0.25, "paper"), torch.tensor([[0.575, 0.6]]))
+    # Release: norm(0.75·z + 0.25·norm(z_T)) = norm(0.45 + 0.25, 0.6).
+    torch.testing.assert_close(enrich_queries(queries, captions, 0.25, "release"), torch.tensor([[0.7, 0.6]]) / math.hypot(0.7, 0.6))
+    with pytest.raises(ValueError, match=r"beta mixing needs equal shapes, got \(1, 2\) and \(1, 3\)"):
+        enrich_queries(queries, torch.zeros(1, 3), 0.5)
+
+
+def explicit_core(tmp_path, formula, **config):
+    """CoRE over three captions with hand-picked embeddings (see test_core_logits_hand_computed)."""
+    from lowres_vision.core import CoRE, CoREConfig
+
+    captions = ["a", "b", "c"]
+    vlm = LookupEncoder(captions, 2, seed=0, name="vlm")
+    vlm.rows = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.0, 1.0]), "c": torch.tensor([0.6, 0.8]),
+                "Z x": torch.tensor([0.8, 0.6]), "Z y": torch.tensor([0.6, 0.8])}
+    text = LookupEncoder(captions, 2, seed=1, name="text")
+    text.rows = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.0, 1.0]), "c": torch.tensor([0.8, 0.6]),
+                 "R x": torch.tensor([1.0, 0.0]), "R y": torch.tensor([0.0, 1.0])}
+    index = build_caption_index(captions, tmp_path / f"index-{formula}", vlm_encoder=vlm, text_encoder=text)
+    method = CoRE(index, vlm, text, CoREConfig(k=2, alpha=0.3, beta=0.25, duplicate_threshold=None, formula=formula, **config))
+    return method, method.classes(["x", "y"], ["Z {}"], "R {}"), method.queries(torch.tensor([[0.8, 0.6], [0.0, 1.0]]))
+
+
+@pytest.mark.parametrize("formula", ["release", "paper"])
+def test_core_logits_hand_computed(tmp_path, formula):
+    method, classes, queries = explicit_core(tmp_path, formula)
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    softmax = lambda s, tau: np.exp(np.asarray(s) / tau) / np.exp(np.asarray(s) / tau).sum()  # noqa: E731
+    a, b, c = np.array([1.0, 0.0]), np.array([0.0, 1.0]), np.array([0.6, 0.8])
+    W = np.array([[0.8, 0.6], [0.6, 0.8]])
+    # Text->text, k = 2: "R x" finds a (cos 1) and c (0.8); "R y" finds b (1) and c (0.6).
+    # Image->text: z1 = (0.8, 0.6) finds c (0.96) and a (0.8); z2 = (0, 1) finds b (1) and c (0.8).
+    np.testing.assert_array_equal(classes.retrieved.ids, [[0, 2], [1, 2]])
+    np.testing.assert_array_equal(queries.retrieved.ids, [[2, 0], [1, 2]])
+    z = np.array([[0.8, 0.6], [0.0, 1.0]])
+    alpha, beta = 0.3, 0.25
+    if formula == "release":
+        W_T = np.stack([unit(softmax([1.0, 0.8], 0.01) @ [a, c]), unit(softmax([1.0, 0.6], 0.01) @ [b, c])])
+        W_plus = np.stack([unit(alpha * t + (1 - alpha) * w) for t, w in zip(W_T, W)])
+        z_T = np.stack([unit(0.96 * c + 0.8 * a), unit(1.0 * b + 0.8 * c)])
+        z_plus = np.stack([unit((1 - beta) * q + beta * t) for q, t in zip(z, z_T)])
+    else:
+        W_T = np.stack([softmax([1.0, 0.8], 1.0) @ [a, c], softmax([1.0, 0.6], 1.0) @ [b, c]])
+        W_plus = alpha * W_T + (1 - alpha) * W
+        z_T = np.stack([softmax([0.96, 0.8], 100.0) @ [c, a], softmax([1.0, 0.8], 100.0) @ [b, c]])
+        z_plus = beta * z_T + (1 - beta) * z
+    expected = z_plus @ W_plus.T
+    torch.testing.assert_close(method.logits(classes, queries), torch.tensor(expected, dtype=torch.float32), atol=1e-6, rtol=1e-5)
+    # The release's image branch is linear in the scores: z_T (before its norm) is 0.96·c + 0.8·a exactly.
+    if formula == "release":
+        torch.testing.assert_close(queries.retrieved_embeddings[0], torch.tensor([0.576 + 0.8, 0.768]))
+
+
+def test_core_temperatures_follow_the_formula(tmp_path):
+    from lowres_vision.core import CoREConfig
+
+    assert (CoREConfig().text_tau, CoREConfig().image_tau) == (0.01, None)
+    assert (CoREConfig(formula="paper").text_tau, CoREConfig(formula="paper").image_tau) == (1.0, 100.0)
+    # A set τ_t2t replaces the formula's: τ = 1 under the release mixes a and c by softmax(1, 0.8).
+    method, classes, _ = explicit_core(tmp_path, "release", text_temperature=1.0)
+    w = math.exp(0.2) / (math.exp(0.2) + 1)
+    torch.testing.assert_close(classes.retrieved_weights[0], torch.tensor([w + (1 - w) * 0.6, (1 - w) * 0.8]))
+    with pytest.raises(ValueError, match="image_temperature applies to formula='paper' only"):
+        CoREConfig(image_temperature=50.0)
 
 
 def test_tune_alpha_beta_picks_smallest_sufficient_beta():
@@ -229,7 +296,7 @@ def test_core_refuses_encoders_the_index_was_not_built_with(tmp_path):
     with pytest.raises(ValueError, match="beta must lie in"):
         CoREConfig(beta=1.5)
     with pytest.raises(ValueError, match="image_temperature must be > 0"):
-        CoREConfig(image_temperature=0)
+        CoREConfig(image_temperature=0, formula="paper")
 
 
 def test_read_captions_from_csv_and_parquet(tmp_path):

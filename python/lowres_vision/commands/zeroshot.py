@@ -1,4 +1,4 @@
-"""`lowres-vision zeroshot`: training-free evaluation, plain zero-shot or CoRE (paper 001).
+"""`lowres-vision zeroshot`: training-free evaluation, plain zero-shot or CoRE (arXiv:2411.00988).
 
 Classification tasks: class prompts against image embeddings (Top-1/Top-5). Retrieval tasks:
 cosine similarity of image embeddings (R@k, ranks); with `--method core` queries and gallery
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--tiny", action="store_true", help="a tiny randomly initialised CLIP (tests, offline demo)")
     prompts = parser.add_argument_group("prompts")
     prompts.add_argument("--prompt-style", choices=("core", "lite"), default="core",
-                         help="default zero-shot prompt: paper 001's ('A circuit diagram of a {}.') or the LITE release's ('a circuit diagram of {}')")
+                         help="default zero-shot prompt: the CoRE paper's ('A circuit diagram of a {}.') or the LITE release's ('a circuit diagram of {}')")
     prompts.add_argument("--template", action="append", default=None, help="zero-shot template with one {} (repeatable; templates are averaged)")
     prompts.add_argument("--retrieval-template", default=None, help="template of the class-name -> caption query")
     core = parser.add_argument_group("CoRE")
@@ -49,9 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     core.add_argument("--beta", type=float, default=0.5)
     core.add_argument("--tune", action="store_true", help="tune alpha and beta over 0.1..1.0 on the training split")
     core.add_argument("--k", type=int, default=10)
-    core.add_argument("--image-temperature", type=float, default=100.0, help="tau_i2t (scores are divided by it)")
-    core.add_argument("--text-temperature", type=float, default=1.0, help="tau_t2t")
-    core.add_argument("--duplicate-threshold", type=float, default=0.94, help="drop retrieved captions above this cosine to a better one; negative disables")
+    core.add_argument("--image-temperature", type=float, default=None,
+                      help="tau_i2t, --formula paper only (scores are divided by it; default 100); the release weighs by the raw scores")
+    core.add_argument("--text-temperature", type=float, default=None, help="tau_t2t (default: 0.01 release, 1 paper)")
+    core.add_argument("--duplicate-threshold", type=float, default=None,
+                      help="drop retrieved captions above this cosine to a better one; negative disables (default: the release's, core.DUPLICATE_COSINE)")
     core.add_argument("--formula", choices=("release", "paper"), default="release")
     run = parser.add_argument_group("run")
     run.add_argument("--batch-size", type=int, default=32)
@@ -72,6 +74,14 @@ def _embed_paths(model, paths, preprocess, args, device, desc):
     return encode_images(model, loader, device=device, desc=desc)
 
 
+def _duplicate_threshold(value: float | None) -> float | None:
+    from lowres_vision.core import DUPLICATE_COSINE
+
+    if value is None:
+        return DUPLICATE_COSINE
+    return value if value >= 0 else None
+
+
 def _open_core(args, vlm_encoder, device):
     from lowres_vision import core
 
@@ -86,7 +96,7 @@ def _open_core(args, vlm_encoder, device):
     )
     config = core.CoREConfig(
         k=args.k, alpha=args.alpha, beta=args.beta, image_temperature=args.image_temperature, text_temperature=args.text_temperature,
-        duplicate_threshold=args.duplicate_threshold if args.duplicate_threshold >= 0 else None, formula=args.formula,
+        duplicate_threshold=_duplicate_threshold(args.duplicate_threshold), formula=args.formula,
     )
     return core.CoRE(index, vlm_encoder, text_encoder, config)
 

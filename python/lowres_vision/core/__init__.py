@@ -1,12 +1,13 @@
-"""CoRE (paper 001) and plain zero-shot classification: a caption index searched with faiss,
-image->text and text->text retrieval, and the enrichment of image and class embeddings."""
+"""CoRE ("Retrieval-enriched zero-shot image classification in low-resource domains", arXiv:2411.00988)
+and plain zero-shot classification: a caption index searched with faiss, image->text and text->text
+retrieval, and the enrichment of image and class embeddings."""
 
 from .encoders import (
     DEFAULT_VLM, HFTextEncoder, OpenCLIPTextEncoder, TextEncoder, default_text_encoder, encode_images, encode_queries, load_vlm,
     tiny_clip,
 )
 from .enrich import (
-    FORMULAS, TUNING_GRID, CoRE, CoREConfig, EnrichedClasses, EnrichedQueries, TuningResult, enrich_class_weights, enrich_queries,
+    DEFAULT_TEMPERATURES, FORMULAS, TUNING_GRID, CoRE, CoREConfig, EnrichedClasses, EnrichedQueries, TuningResult, enrich_class_weights, enrich_queries,
     enriched_logits, tune_alpha_beta, weighted_caption_embedding, zero_shot_weights,
 )
 from .index import (
@@ -26,7 +27,7 @@ def default_captions_path():
 
 
 __all__ = [
-    "CORE_TEMPLATES", "CaptionIndex", "CoRE", "CoREConfig", "DEFAULT_CAPTIONS", "DEFAULT_VLM", "DUPLICATE_COSINE",
+    "CORE_TEMPLATES", "CaptionIndex", "CoRE", "CoREConfig", "DEFAULT_CAPTIONS", "DEFAULT_TEMPERATURES", "DEFAULT_VLM", "DUPLICATE_COSINE",
     "EnrichedClasses", "EnrichedQueries", "FORMULAS", "HFTextEncoder", "INDEX_KINDS", "LITE_TEMPLATES", "OpenCLIPTextEncoder",
     "PROMPT_STYLES", "Retrieved", "SPACES", "TEXT_SPACE", "TUNING_GRID", "TextEncoder", "TuningResult", "VLM_SPACE", "build_caption_index", "build_faiss_index",
     "default_captions_path", "default_templates", "default_text_encoder", "encode_images", "encode_queries",

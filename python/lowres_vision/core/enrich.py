@@ -1,20 +1,26 @@
-"""CoRE (paper 001): training-free zero-shot classification enriched by caption retrieval.
+"""CoRE: training-free zero-shot classification enriched by caption retrieval.
+
+"Retrieval-enriched zero-shot image classification in low-resource domains" (Dall'Asen et al.,
+arXiv:2411.00988) and the authors' release (repository Fodark/CoRE).
 
     W    zero-shot class weights: VLM text embeddings of the class prompts
-    W_T  per class, the softmax(S/τ_t2t)-weighted sum of the VLM embeddings of the captions retrieved
-         for the class prompt by the text-to-text encoder (Eq. 4)
-    z    query image embedding;  z_T  the softmax(S/τ_i2t)-weighted sum of the VLM embeddings of
-         the captions retrieved for z in the VLM space (Eq. 6)
+    e    the VLM text embeddings of the captions retrieved for a query, with cosine scores s
+    W_T  per class, the captions retrieved for the class prompt by the text-to-text encoder, mixed
+    z    query image embedding;  z_T  the captions retrieved for z in the VLM space, mixed
 
-Two readings of the mixing, chosen by `formula`:
+Two readings, chosen by `formula`:
 
-    "paper"    W⁺ = α·W_T + (1−α)·W,               z⁺ = β·z_T + (1−β)·z           (Eqs. 5, 7)
-    "release"  W⁺ = norm(α·norm(W_T) + (1−α)·W),   z⁺ = norm(β·z_T + (1−β)·z)     (SPEC §5)
+    "release"  W_T = norm(Σ softmax(s/τ_t2t)·e), τ_t2t = 0.01     (core_zeroshot_from_retrieved.py, core.py)
+               W⁺  = norm(α·W_T + (1−α)·W)
+               z_T = norm(Σ s_i·e_i), the raw cosine scores as weights   (data/retrieval_dataset.py)
+               z⁺  = norm((1−β)·z + β·z_T)
+    "paper"    W_T = Σ softmax(s/τ_t2t)·e, τ_t2t = 1;   W⁺ = α·W_T + (1−α)·W              (Eqs. 4, 5)
+               z_T = Σ softmax(s/τ_i2t)·e, τ_i2t = 100; z⁺ = β·z_T + (1−β)·z              (Eqs. 6, 7)
 
-and the prediction is argmax z⁺·W⁺ᵀ (Eq. 3). "release" is the default: its class weights all have
-unit norm, so no class wins through the norm of its retrieved mixture alone. The temperature
-divides the cosine scores, as Eqs. 4 and 6 write: τ_i2t = 100 flattens the image branch's weights
-towards a plain mean of its k captions, τ_t2t = 1 keeps the text branch peaked on the best ones.
+and the prediction is argmax z⁺·W⁺ᵀ (Eq. 3). "release" is the default. The temperature divides
+the cosine scores: τ = 100 flattens the weights towards a plain mean of the k captions, τ = 0.01
+puts nearly all the weight on the best one. In the release the image branch's weights are the
+scores themselves (its temperature multiplies them and cancels in the normalisation).
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from .prompts import fill_templates
 
 FORMULAS = ("release", "paper")
 TUNING_GRID = tuple(round(0.1 * step, 1) for step in range(1, 11))
+# (τ_t2t, τ_i2t) per formula; None: the raw cosine scores weigh the captions.
+DEFAULT_TEMPERATURES = {"release": (0.01, None), "paper": (1.0, 100.0)}
 
 
 def zero_shot_weights(encoder: TextEncoder, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
@@ -44,13 +52,16 @@ def zero_shot_weights(encoder: TextEncoder, class_names: Sequence[str], template
     return F.normalize(per_template.mean(0), dim=-1)
 
 
-def weighted_caption_embedding(retrieved: Retrieved, caption_embeddings: np.ndarray, temperature: float) -> torch.Tensor:
-    """Σ_i softmax(s/τ)_i · e_i over each query's kept captions -> [queries, dim] (zeros where none were kept)."""
-    if temperature <= 0:
+def weighted_caption_embedding(retrieved: Retrieved, caption_embeddings: np.ndarray, temperature: float | None) -> torch.Tensor:
+    """Σ_i w_i · e_i over each query's kept captions -> [queries, dim] (zeros where none were kept).
+
+    w = softmax(s/τ) with a temperature τ; with `temperature=None` the cosine scores s themselves.
+    """
+    if temperature is not None and temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    scores = torch.from_numpy(retrieved.scores.astype(np.float32)) / temperature
     mask = torch.from_numpy(retrieved.mask)
-    weights = torch.softmax(scores.masked_fill(~mask, -torch.inf), dim=-1).nan_to_num(0.0)
+    scores = torch.from_numpy(retrieved.scores.astype(np.float32)).masked_fill(~mask, 0.0 if temperature is None else -torch.inf)
+    weights = scores if temperature is None else torch.softmax(scores / temperature, dim=-1).nan_to_num(0.0)
     rows = np.where(retrieved.mask, retrieved.ids, 0)
     vectors = torch.from_numpy(np.asarray(caption_embeddings[rows.ravel()], dtype=np.float32)).reshape(*rows.shape, -1)
     return torch.einsum("qk,qkd->qd", weights, vectors)
@@ -76,8 +87,9 @@ def enrich_class_weights(weights: torch.Tensor, retrieved: torch.Tensor, alpha: 
 def enrich_queries(queries: torch.Tensor, retrieved: torch.Tensor, beta: float, formula: str = "release") -> torch.Tensor:
     """z⁺ from z [queries, dim] and z_T [queries, dim] (see the module docstring)."""
     _check_mix("beta", beta, formula, queries, retrieved)
-    mixed = beta * retrieved + (1 - beta) * queries
-    return mixed if formula == "paper" else F.normalize(mixed, dim=-1)
+    if formula == "paper":
+        return beta * retrieved + (1 - beta) * queries
+    return F.normalize((1 - beta) * queries + beta * F.normalize(retrieved, dim=-1), dim=-1)
 
 
 @dataclass
@@ -85,8 +97,8 @@ class CoREConfig:
     k: int = 10
     alpha: float = 0.2
     beta: float = 0.5
-    image_temperature: float = 100.0  # τ_i2t
-    text_temperature: float = 1.0  # τ_t2t
+    image_temperature: float | None = None  # τ_i2t, "paper" only; None: the formula's (DEFAULT_TEMPERATURES)
+    text_temperature: float | None = None  # τ_t2t; None: the formula's
     duplicate_threshold: float | None = DUPLICATE_COSINE
     formula: str = "release"
     query_batch_size: int = 256
@@ -100,8 +112,23 @@ class CoREConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         for name in ("image_temperature", "text_temperature"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.formula == "release" and self.image_temperature is not None:
+            raise ValueError(
+                "image_temperature applies to formula='paper' only: the release weighs the image branch's captions "
+                "by their raw cosine scores"
+            )
+
+    @property
+    def text_tau(self) -> float:
+        """τ_t2t in use: the one set, else the formula's."""
+        return DEFAULT_TEMPERATURES[self.formula][0] if self.text_temperature is None else self.text_temperature
+
+    @property
+    def image_tau(self) -> float | None:
+        """τ_i2t in use (None: raw cosine scores as weights, the release)."""
+        return DEFAULT_TEMPERATURES[self.formula][1] if self.image_temperature is None else self.image_temperature
 
 
 @dataclass
@@ -139,7 +166,7 @@ class CoRE:
         retrieved = self.index.retrieve(
             TEXT_SPACE, encode_queries(self.text_encoder, prompts), self.config.k, duplicate_threshold=self.config.duplicate_threshold
         )
-        retrieved_weights = weighted_caption_embedding(retrieved, self.index.embeddings(VLM_SPACE), self.config.text_temperature)
+        retrieved_weights = weighted_caption_embedding(retrieved, self.index.embeddings(VLM_SPACE), self.config.text_tau)
         return EnrichedClasses(weights, retrieved_weights, retrieved)
 
     def queries(self, image_embeddings: torch.Tensor) -> EnrichedQueries:
@@ -152,7 +179,7 @@ class CoRE:
                 self.index.retrieve(VLM_SPACE, batch, self.config.k, duplicate_threshold=self.config.duplicate_threshold)
             )
         retrieved = Retrieved(*(np.concatenate([getattr(part, name) for part in parts]) for name in ("ids", "scores", "mask")))
-        retrieved_embeddings = weighted_caption_embedding(retrieved, self.index.embeddings(VLM_SPACE), self.config.image_temperature)
+        retrieved_embeddings = weighted_caption_embedding(retrieved, self.index.embeddings(VLM_SPACE), self.config.image_tau)
         return EnrichedQueries(image_embeddings.float().cpu(), retrieved_embeddings, retrieved)
 
     def logits(self, classes: EnrichedClasses, queries: EnrichedQueries, *, alpha: float | None = None, beta: float | None = None) -> torch.Tensor:

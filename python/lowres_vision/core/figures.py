@@ -50,7 +50,7 @@ def plot_retrieved_captions(
 
 
 def plot_tuning_grid(alphas: Sequence[float], betas: Sequence[float], accuracy: np.ndarray, path: Path | str, *, metric: str = "top-1 (%)") -> Path:
-    """Heat map of the tuning metric over α (rows) × β (columns), as paper 001's Fig. 3."""
+    """Heat map of the tuning metric over α (rows) × β (columns), as Fig. 3 of the CoRE paper (arXiv:2411.00988)."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 5))
     image = axis.imshow(accuracy, origin="lower", cmap="viridis", aspect="auto")
