@@ -57,7 +57,7 @@ class TrainConfig:
     replace_prob: float = 0.3
     replaced_weight: float = 0.65
     breaking_loss_weight: float = 0.1
-    bank_batches: int = 40
+    bank_size: int = 100  # label-breaking features in the memory bank: the paper's N; the release's is 40 x 4 = 160
     # Run directory, hardware, bookkeeping.
     out: Optional[str] = None
     device: str = "auto"
@@ -74,10 +74,10 @@ class TrainConfig:
         _check_types(self)
         if self.task not in task_names():
             raise ConfigError(f"task must be one of {task_names()}, got {self.task!r}")
-        for name in ("epochs", "batch_size", "image_size", "eval_batch_size", "bank_batches"):
+        for name in ("epochs", "batch_size", "image_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_workers", "eval_every", "checkpoint_every", "log_every"):
+        for name in ("num_workers", "bank_size", "eval_every", "checkpoint_every", "log_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "logit_scale", "replaced_weight"):

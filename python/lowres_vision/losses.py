@@ -1,9 +1,9 @@
 """Training losses: weighted cross-entropy, symmetric contrastive retrieval loss, and the
-memory-bank contrastive loss over label-breaking pairs (paper 000, Sec. 3.1, Eq. 1-2)."""
+memory-bank contrastive loss over label-breaking pairs (the LITE paper, "Low-Resource Vision
+Challenges for Foundation Models", CVPR 2024, Sec. 3.1, Eq. 1-2)."""
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Optional
 
 import torch
@@ -47,44 +47,51 @@ def symmetric_contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: fl
 
 
 class MemoryBankContrastiveLoss(nn.Module):
-    """InfoNCE over (label-breaking image, positive partner) feature pairs with a FIFO memory bank.
+    """The label-breaking loss of the LITE paper (Eq. 1) with a FIFO memory bank of features.
 
-    For each label-breaking feature q_j of the batch (L2-normalised) the positive is its own
-    partner's feature k_j; the negatives are the partners k_i (i != j) of the other pairs in the
-    batch and every partner feature in the memory bank, i.e. the partners of the last
-    `bank_batches` batches (detached, so no gradient flows into the past):
+    Each label-breaking image x_j comes with a positive partner x'_j (x_j re-augmented at the
+    label-preserving strength). With all features L2-normalised, the QUERY is the partner x'_j; its
+    positive is its own label-breaking feature x_j; the negatives are the other label-breaking
+    features of the batch and the bank's label-breaking features of past batches (detached):
 
-        loss = -mean_j log( exp(s q_j.k_j) / (sum_i exp(s q_j.k_i) + sum_m exp(s q_j.bank_m)) ),  s = logit_scale
+        loss = -mean_j log( exp(s x'_j.x_j) / (sum_i exp(s x'_j.x_i) + sum_m exp(s x'_j.bank_m)) ),  s = logit_scale
 
-    After each call in training mode the batch's partner features enter the bank and the oldest
-    batch leaves once `bank_batches` are held. The bank is transient state, not saved in
-    `state_dict`; after a resume it refills within `bank_batches` steps.
+    as the authors' release computes it (repository xiaobai1217/Low-Resource-Vision, file
+    scripts/train_circuit.py). After each call in training mode the batch's label-breaking features
+    enter the bank and the oldest leave once `bank_size` FEATURES are held. `bank_size` defaults to the
+    paper's N = 100; the release keeps 40 batches of 4, i.e. `bank_size=160`. The bank is not in
+    `state_dict`: the training checkpoint saves it (see `lowres_vision.training.run_directory`).
     """
 
-    def __init__(self, dim: int, bank_batches: int = 40, logit_scale: float = LOGIT_SCALE) -> None:
+    def __init__(self, dim: int, bank_size: int = 100, logit_scale: float = LOGIT_SCALE) -> None:
         super().__init__()
-        if dim <= 0 or bank_batches < 0:
-            raise ValueError(f"MemoryBankContrastiveLoss: dim must be positive and bank_batches >= 0, got {dim}, {bank_batches}")
-        self.dim, self.bank_batches, self.logit_scale = dim, bank_batches, logit_scale
-        self.bank: deque = deque(maxlen=bank_batches)
+        if dim <= 0 or bank_size < 0:
+            raise ValueError(f"MemoryBankContrastiveLoss: dim must be positive and bank_size >= 0, got {dim}, {bank_size}")
+        self.dim, self.bank_size, self.logit_scale = dim, bank_size, logit_scale
+        self.bank = torch.zeros(0, dim)  # [held, dim], oldest first
 
     def forward(self, breaking: torch.Tensor, partners: torch.Tensor) -> torch.Tensor:
         _check_pairs("MemoryBankContrastiveLoss", breaking, partners)
         if breaking.shape[1] != self.dim:
             raise ValueError(f"MemoryBankContrastiveLoss: features have width {breaking.shape[1]}, the loss was built for dim={self.dim}")
-        queries = F.normalize(breaking, dim=-1)
-        keys = F.normalize(partners, dim=-1)
-        bank = [k.to(device=keys.device, dtype=keys.dtype) for k in self.bank]
-        candidates = torch.cat([keys, *bank], dim=0)
+        keys = F.normalize(breaking, dim=-1)
+        queries = F.normalize(partners, dim=-1)
+        candidates = torch.cat([keys, self.bank.to(device=keys.device, dtype=keys.dtype)], dim=0)
         logits = self.logit_scale * queries @ candidates.t()
         loss = F.cross_entropy(logits, torch.arange(queries.shape[0], device=queries.device))
-        if self.training:
-            self.bank.append(keys.detach())
+        if self.training:  # [bank, this batch], oldest first; the newest bank_size stay
+            self.bank = candidates.detach().roll(-len(keys), dims=0)[max(0, len(candidates) - self.bank_size):]
         return loss
+
+    def load_bank(self, bank: torch.Tensor) -> None:
+        """Restores a bank saved from `.bank` (an exact resume)."""
+        if bank.dim() != 2 or bank.shape[1] != self.dim or len(bank) > self.bank_size:
+            raise ValueError(f"MemoryBankContrastiveLoss: a saved bank must be [<= {self.bank_size}, {self.dim}], got {tuple(bank.shape)}")
+        self.bank = bank.detach()
 
     def reset(self) -> None:
         """Empties the memory bank."""
-        self.bank.clear()
+        self.bank = torch.zeros(0, self.dim)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, bank_batches={self.bank_batches}, logit_scale={self.logit_scale}"
+        return f"dim={self.dim}, bank_size={self.bank_size}, logit_scale={self.logit_scale}"

@@ -110,33 +110,61 @@ def test_symmetric_contrastive_loss_by_hand():
     assert symmetric_contrastive_loss(a, b, logit_scale=1.0).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_memory_bank_loss_positives_negatives_and_fifo():
-    loss_fn = MemoryBankContrastiveLoss(dim=2, bank_batches=1, logit_scale=1.0).train()
-    e0, e1 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
-    # Empty bank, one pair: the positive is the only candidate -> loss 0.
-    assert loss_fn(e0, e0).item() == pytest.approx(0.0, abs=1e-7)
-    # The bank now holds the partner e0: for query e1 the logits are [e1.e1, e1.e0] = [1, 0].
-    query = e1.clone().requires_grad_(True)
-    loss = loss_fn(query, 2 * e1)
-    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
-    loss.backward()
-    assert query.grad is not None
-    # FIFO of one batch: e1's partner replaced e0's; the stored keys are normalised and detached.
-    assert len(loss_fn.bank) == 1 and torch.equal(loss_fn.bank[0], e1) and not loss_fn.bank[0].requires_grad
-    # The bank is a negative for query e0 now: logits [1, 0] again. Eval mode does not enqueue.
-    loss_fn.eval()
-    assert loss_fn(e0, e0).item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
-    assert torch.equal(loss_fn.bank[0], e1)
+def _label_breaking_loss_by_hand(breaking, partners, bank, scale):
+    """Eq. 1 of the LITE paper as its authors' release computes it, one query at a time, in float64."""
+    def unit(row):
+        return [value / math.sqrt(sum(v * v for v in row)) for value in row]
+
+    def dot(u, v):
+        return sum(a * b for a, b in zip(u, v))
+
+    keys = [unit(row) for row in breaking.tolist()] + [unit(row) for row in bank.tolist()]
+    total = 0.0
+    for j, partner in enumerate(partners.tolist()):
+        query = unit(partner)  # the partner x'_j asks; its own label-breaking x_j is the positive
+        total -= scale * dot(query, keys[j]) - math.log(sum(math.exp(scale * dot(query, key)) for key in keys))
+    return total / len(partners)
 
 
-def test_memory_bank_loss_in_batch_negatives_match_infonce():
+def test_memory_bank_loss_matches_eq1_with_a_filled_bank():
     torch.manual_seed(0)
-    queries, keys, old = torch.randn(4, 8), torch.randn(4, 8), torch.randn(3, 8)
-    loss_fn = MemoryBankContrastiveLoss(dim=8, bank_batches=40, logit_scale=80.0)
-    loss_fn(torch.randn(3, 8), old)  # fills the bank with one batch
-    candidates = torch.cat([F.normalize(keys, dim=-1), F.normalize(old, dim=-1)])
-    logits = 80.0 * F.normalize(queries, dim=-1) @ candidates.t()
-    expected = -torch.log_softmax(logits, dim=1).diagonal().mean()
-    torch.testing.assert_close(loss_fn(queries, keys), expected)
-    with pytest.raises(ValueError, match="dim=8"):
+    loss_fn = MemoryBankContrastiveLoss(dim=5, bank_size=6, logit_scale=3.0).train()
+    first = torch.randn(4, 5)
+    loss_fn(first, torch.randn(4, 5))  # the bank now holds the 4 label-breaking features of this batch
+    breaking, partners = torch.randn(3, 5), torch.randn(3, 5)
+    expected = _label_breaking_loss_by_hand(breaking, partners, first, 3.0)
+    assert loss_fn(breaking, partners).item() == pytest.approx(expected, rel=1e-5)
+    # The roles are not interchangeable: label-breaking queries against partners give another value.
+    swapped = _label_breaking_loss_by_hand(partners, breaking, first, 3.0)
+    assert abs(swapped - expected) > 1e-2
+
+
+def test_memory_bank_is_a_fifo_of_label_breaking_features_counted_in_features():
+    loss_fn = MemoryBankContrastiveLoss(dim=2, bank_size=3, logit_scale=1.0).train()
+    features = [torch.tensor([[math.cos(angle), math.sin(angle)]]) for angle in (0.1, 0.2, 0.3, 0.4, 0.5)]
+    partner = torch.tensor([[0.0, 5.0]])
+    loss_fn(torch.cat([2 * features[0], 3 * features[1]]), torch.cat([partner, partner]))
+    assert torch.allclose(loss_fn.bank, torch.cat(features[:2]))  # normalised label-breaking features, not partners
+    loss_fn(torch.cat(features[2:4]).requires_grad_(), torch.cat([partner, partner]))
+    assert torch.allclose(loss_fn.bank, torch.cat(features[1:4]))  # 4 features seen, the oldest one left
+    assert not loss_fn.bank.requires_grad
+    # Eval mode reads the bank without adding to it.
+    loss_fn.eval()
+    expected = _label_breaking_loss_by_hand(features[4], partner, torch.cat(features[1:4]), 1.0)
+    assert loss_fn(features[4], partner).item() == pytest.approx(expected, rel=1e-6)
+    assert torch.allclose(loss_fn.bank, torch.cat(features[1:4]))
+    # The paper's N is the default; bank_size 0 keeps no bank.
+    assert MemoryBankContrastiveLoss(dim=2).bank_size == 100
+    empty = MemoryBankContrastiveLoss(dim=2, bank_size=0).train()
+    empty(features[0], partner)
+    assert empty.bank.shape == (0, 2)
+
+
+def test_memory_bank_loss_gradient_reaches_both_sides_but_not_the_bank():
+    loss_fn = MemoryBankContrastiveLoss(dim=3, bank_size=4).train()
+    loss_fn(torch.randn(2, 3), torch.randn(2, 3))
+    breaking, partners = torch.randn(2, 3, requires_grad=True), torch.randn(2, 3, requires_grad=True)
+    loss_fn(breaking, partners).backward()
+    assert breaking.grad.abs().sum() > 0 and partners.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="dim=3"):
         loss_fn(torch.randn(2, 4), torch.randn(2, 4))

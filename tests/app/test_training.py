@@ -114,7 +114,7 @@ def _write_manifest(lite_root: Path, directory: Path) -> Path:
 
 
 def test_generated_data_training_resumes_exactly(lite_root, tmp_path):
-    settings = dict(augment_manifest=str(_write_manifest(lite_root, tmp_path)), replace_prob=0.5, bank_batches=2,
+    settings = dict(augment_manifest=str(_write_manifest(lite_root, tmp_path)), replace_prob=0.5, bank_size=5,
                     checkpoint_every=2)
     train(_config(lite_root, tmp_path / "reference", **settings))
     with pytest.raises(Killed):

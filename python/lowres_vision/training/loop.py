@@ -100,7 +100,7 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
     if cfg.augment_manifest is not None:
         from ..losses import MemoryBankContrastiveLoss
 
-        breaking_loss = MemoryBankContrastiveLoss(tower_width(model.visual), cfg.bank_batches, cfg.logit_scale)
+        breaking_loss = MemoryBankContrastiveLoss(tower_width(model.visual), cfg.bank_size, cfg.logit_scale)
 
     if context.is_main:
         run.mkdir(parents=True, exist_ok=True)

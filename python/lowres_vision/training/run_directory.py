@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: the memory bank is one tensor of features (1: a list of batches)
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Writes through `write(tmp)` then renames over `path`: readers see the old file or the new, never half."""
@@ -82,7 +82,7 @@ def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimize
                 scalar_state.setdefault(str(index), {})[key] = value
     if breaking_loss is not None:
         # The memory bank is not in the loss's state_dict; it is part of an exact resume.
-        tensors.update({f"bank.{index}": keys for index, keys in enumerate(breaking_loss.bank)})
+        tensors["breaking_loss.bank"] = breaking_loss.bank
     rng_tensors, rng_state = capture_rng_state()
     tensors.update(rng_tensors)
     state = {
@@ -135,9 +135,9 @@ def load_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimize
         optimizer_state.setdefault(int(index), {}).update(entries)
     optimizer.load_state_dict({"state": optimizer_state, "param_groups": state["optimizer"]["param_groups"]})
     if breaking_loss is not None:
-        breaking_loss.reset()
-        for index in range(sum(name.startswith("bank.") for name in tensors)):
-            breaking_loss.bank.append(tensors[f"bank.{index}"].to(next(model.parameters()).device))
+        if "breaking_loss.bank" not in tensors:
+            raise ValueError(f"resume: {path} holds no memory bank: it was written by a run without augment_manifest")
+        breaking_loss.load_bank(tensors["breaking_loss.bank"].to(next(model.parameters()).device))
     set_rng_state(tensors, state["rng"])
     return Progress(state["epoch"], state["step_in_epoch"], state["global_step"], state["epoch_loss_sum"])
 
