@@ -93,8 +93,8 @@ def test_dry_run_counts_match_the_built_tiny_model(lite_root, tmp_path, capsys):
     # 56 px, patch 14: a 4 x 4 grid; width 64, 4 blocks, AdaptFormer bottleneck 2.
     assert rows["tokenization"][1:3] == ["49", "49"]
     assert rows["domain_attention"][1:3] == ["651", "651"]  # 10 maps of 8 x 8, 10 mixing logits, alpha
-    assert rows["adapter"][1:3] == ["1,288", "1,288"]  # 4 x (64*2 + 2 + 2*64 + 64)
-    assert rows["all"][1:3] == ["1,988", "1,988"]
+    assert rows["adapter"][1:3] == ["1,024", "1,024"]  # 4 x (64*2 + 2*64): no biases, as in the release
+    assert rows["all"][1:3] == ["1,724", "1,724"]
     assert rows["head"][:3] == ["head", "parameters:", "320;"]  # LayerNorm 2 x 64 + Linear 64 x 3
 
 

@@ -130,7 +130,9 @@ def perturb_symmetric_initialisation(visual):
 
 
 @pytest.mark.parametrize("tower", sorted(TOWERS))
-@pytest.mark.parametrize("adapter", [dict(kind="adaptformer"), dict(kind="lora", rank=2)])
+# The head reads the last block's class token only: with a bottleneck of 2, both ReLU units can be off
+# for both images, and the last down projection then has no gradient at all; 8 units keep one on.
+@pytest.mark.parametrize("adapter", [dict(kind="adaptformer", bottleneck=8), dict(kind="lora", rank=2)])
 def test_gradients_reach_exactly_the_injected_parameters(towers, images, tower, adapter):
     visual = inject(copy.deepcopy(towers[tower]), tokenization=dict(), domain_attention=dict(), adapter=adapter)
     perturb_symmetric_initialisation(visual)
@@ -220,6 +222,82 @@ def test_injected_domain_attention_matches_the_spec(towers, images, tower):
                                                towers[tower].num_prefix_tokens if tower != "open_clip" else 1, parts)
         torch.testing.assert_close(wrapped(x), expected, rtol=1e-5, atol=1e-5)
     assert attention.num_prefix_tokens == (1 if tower == "open_clip" else towers[tower].num_prefix_tokens)
+
+
+# ----------------------------------------------------------------------------- adapters and their registry
+
+
+@pytest.mark.parametrize("tower", sorted(TOWERS))
+def test_injected_adaptformer_block_by_hand(towers, tower):
+    # x + attention; then + MLP(norm2 x) + scale * ReLU(norm2(x) W_down) W_up, with scale != 1.
+    visual = inject(copy.deepcopy(towers[tower]), adapter=dict(kind="adaptformer", bottleneck=3, scale=0.37))
+    wrapped = blocks_of(visual)[2]
+    generator = torch.Generator().manual_seed(8)
+    w_down = torch.randn(WIDTH, 3, generator=generator)
+    w_up = torch.randn(3, WIDTH, generator=generator)
+    with torch.no_grad():
+        wrapped.adapter.down.weight.copy_(w_down.t())
+        wrapped.adapter.up.weight.copy_(w_up.t())
+        x = torch.randn(2, towers[tower].num_prefix_tokens + 16 if tower != "open_clip" else 17, WIDTH, generator=generator)
+        norm1, attention_branch, _, _, norm2, mlp_branch = (open_clip_parts if tower == "open_clip" else timm_parts)(wrapped.block)
+        after_attention = x + attention_branch(norm1(x))
+        n = norm2(after_attention)
+        expected = after_attention + mlp_branch(n) + 0.37 * torch.relu(n @ w_down) @ w_up
+        torch.testing.assert_close(wrapped(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_adaptformer_has_no_biases_by_default_and_counts_follow(towers):
+    spec = ViTSpec(image_size=IMAGE_SIZE, patch_size=14, width=WIDTH, layers=4, embed_dim=64)
+    for bias, per_block in [(False, 2 * WIDTH * 4), (True, 2 * WIDTH * 4 + 4 + WIDTH)]:
+        adapter = dict(kind="adaptformer", bottleneck=4) | ({"bias": True} if bias else {})
+        visual = inject(copy.deepcopy(towers["open_clip"]), adapter=adapter)
+        biases = [name for name, p in visual.named_parameters() if p.requires_grad and name.endswith(".bias")]
+        assert len(biases) == (2 * 4 if bias else 0), biases
+        assert count_trainable_parameters(visual) == added_parameters(spec, adapter=adapter) == 4 * per_block
+    with pytest.raises(ValueError, match="bias must be true or false"):
+        inject(copy.deepcopy(towers["open_clip"]), adapter=dict(kind="adaptformer", bias="no"))
+
+
+class ToyAdapter(torch.nn.Module):
+    """A kind defined outside the package: a learned offset added after every block's MLP."""
+
+    OPTIONS = frozenset({"start"})
+
+    def __init__(self, width, start=0.0, device=None):
+        super().__init__()
+        self.offset = torch.nn.Parameter(torch.full((width,), float(start), device=device))
+
+    def forward(self, n):
+        return self.offset.expand_as(n)
+
+    def multiply_adds(self, num_tokens):
+        return 7 * num_tokens  # any number: the test checks that this one is used
+
+    @classmethod
+    def block_modules(cls, width, **options):
+        return [cls(width, **options)]
+
+    @classmethod
+    def attach(cls, tower, **options):
+        for index in range(len(tower.blocks)):
+            tower.block(index, create=True).adapter = cls(tower.block(index, create=True).width, **options)
+
+
+def test_a_registered_adapter_kind_is_one_entry_for_inject_flops_and_the_dry_run(towers, images, monkeypatch):
+    from lowres_vision.models.adapters import ADAPTERS
+    from lowres_vision.training.dry_run import _measured_parameters
+
+    monkeypatch.setitem(ADAPTERS, "toy", ToyAdapter)
+    spec = ViTSpec(image_size=IMAGE_SIZE, patch_size=14, width=WIDTH, layers=4, embed_dim=64)
+    visual = inject(copy.deepcopy(towers["timm"]), adapter=dict(kind="toy", start=0.5))
+    assert added_parameters(spec, adapter=dict(kind="toy")) == count_trainable_parameters(visual) == 4 * WIDTH
+    assert added_macs(spec, adapter=dict(kind="toy")) == 4 * 7 * spec.num_tokens
+    model = LowresModel(visual, ClassificationHead(WIDTH, 3))
+    assert _measured_parameters(model)["adapter"] == 4 * WIDTH
+    with torch.no_grad():  # the offset reaches the output: the blocks call it
+        assert not torch.equal(visual(images), towers["timm"](images))
+    with pytest.raises(ValueError, match=r"unknown toy adapter options \['rank'\]"):
+        inject(copy.deepcopy(towers["timm"]), adapter=dict(kind="toy", rank=2))
 
 
 # ----------------------------------------------------------------------------- heads and the model

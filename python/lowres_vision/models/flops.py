@@ -24,6 +24,8 @@ from typing import Any, Dict, Mapping, Optional
 
 from torch import nn
 
+from .adapters import adapter_kind
+
 GIGA = 1e9
 
 
@@ -79,6 +81,12 @@ def _tokenization_options(options: Mapping[str, Any]) -> tuple:
     return sub, step, num_subkernels, options.get("blend", 1.0)
 
 
+def _adapter_block_modules(spec: ViTSpec, adapter: Mapping[str, Any]) -> list:
+    """The adapter modules one block gets, built on the meta device (shapes only, nothing allocated)."""
+    kind, options = adapter_kind(adapter)
+    return kind.block_modules(spec.width, device="meta", **options)
+
+
 def backbone_macs(spec: ViTSpec) -> int:
     """Multiply-adds of one forward of the frozen tower."""
     n, d = spec.num_tokens, spec.width
@@ -120,14 +128,7 @@ def added_macs(
         mixed_and_projected = n * n * d + n * d * d
         total += value + (maps if implementation == "naive" else 1) * mixed_and_projected
     if adapter is not None:
-        kind = adapter.get("kind")
-        if kind == "adaptformer":
-            total += spec.layers * 2 * n * d * adapter.get("bottleneck", 2)
-        elif kind == "lora":
-            # The low-rank update is merged into the weights once per forward (B @ A per target).
-            total += spec.layers * len(adapter.get("targets", ("q", "v", "out"))) * adapter.get("rank", 8) * d * d
-        else:
-            raise ValueError(f"added_macs: adapter kind must be 'adaptformer' or 'lora', got {kind!r}")
+        total += spec.layers * sum(module.multiply_adds(n) for module in _adapter_block_modules(spec, adapter))
     return total
 
 
@@ -147,14 +148,8 @@ def added_parameters(
         maps = domain_attention.get("num_maps", 10)
         total += maps * (2 * spec.grid) ** 2 + maps + 1  # maps, mixing logits, alpha
     if adapter is not None:
-        kind = adapter.get("kind")
-        if kind == "adaptformer":
-            bottleneck = adapter.get("bottleneck", 2)
-            total += spec.layers * (d * bottleneck + bottleneck + bottleneck * d + d)
-        elif kind == "lora":
-            total += spec.layers * len(adapter.get("targets", ("q", "v", "out"))) * adapter.get("rank", 8) * 2 * d
-        else:
-            raise ValueError(f"added_parameters: adapter kind must be 'adaptformer' or 'lora', got {kind!r}")
+        modules = _adapter_block_modules(spec, adapter)
+        total += spec.layers * sum(count_trainable_parameters(module) for module in modules)
     return total
 
 

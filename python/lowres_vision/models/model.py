@@ -7,7 +7,7 @@ from typing import Dict, Iterator, Mapping, Tuple
 import torch
 from torch import nn
 
-from .inject import _Tower
+from .tower import Tower
 
 
 class LowresModel(nn.Module):
@@ -21,7 +21,7 @@ class LowresModel(nn.Module):
 
     def __init__(self, visual: nn.Module, head: nn.Module) -> None:
         super().__init__()
-        tower = _Tower(visual)
+        tower = Tower(visual)
         if not tower.has_class_token:
             raise ValueError(f"LowresModel: the heads read the class token, and this {type(visual).__name__} has none")
         self.visual = visual

@@ -39,9 +39,9 @@ def _measured_parameters(model: nn.Module) -> dict[str, int]:
     """Trainable parameters of the built model, attributed to the baseline whose module holds them."""
     from lowres_kernels.nn import DomainAttention, SubKernelPatchEmbed
 
-    from ..models import AdaptFormer, LoRA
+    from ..models.adapters import ADAPTERS
 
-    owners = {"tokenization": SubKernelPatchEmbed, "domain_attention": DomainAttention, "adapter": (AdaptFormer, LoRA)}
+    owners = {"tokenization": SubKernelPatchEmbed, "domain_attention": DomainAttention, "adapter": tuple(ADAPTERS.values())}
     counted = {name: 0 for name in (*BASELINES, "head")}
     seen: set[int] = set()
     for module in model.visual.modules():
