@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,9 @@ from PIL import Image
 pytest.importorskip("diffusers")
 
 from lowres_vision.augment import (  # noqa: E402
-    AugmentConfig, AugmentedDataset, Augmenter, BreakingPairs, Manifest, build_tiny_img2img_pipeline, genie_timesteps,
-    load_img2img_pipeline, make_sources, merge_manifests, projected_distances, read_manifest, run_augmentation,
-    select_noise_ratio, shard,
+    AugmentConfig, AugmentedDataset, Augmenter, BreakingPairs, Manifest, build_tiny_img2img_pipeline, fit_square,
+    genie_img2img, genie_timesteps, load_img2img_pipeline, make_sources, merge_manifests, projected_distances,
+    read_manifest, run_augmentation, select_noise_ratio, shard,
 )
 from lowres_vision.augment import generate as generate_module  # noqa: E402
 from lowres_vision.augment.cache import Manifest as ManifestClass  # noqa: E402
@@ -96,16 +97,131 @@ def test_projected_distances_hand_computed():
         projected_distances(torch.zeros(3), source, target_mean)
 
 
-def test_genie_timesteps_start_at_exact_noise_ratio(pipe):
+class GridScheduler:
+    """A scheduler stand-in whose `set_timesteps` yields a given grid."""
+
+    def __init__(self, grid) -> None:
+        self.grid, self.config = grid, argparse.Namespace(num_train_timesteps=1000)
+
+    def set_timesteps(self, num_inference_steps):
+        self.timesteps = torch.tensor(self.grid[:num_inference_steps])
+
+
+def test_genie_timesteps_follow_the_release_rule_and_the_paper(pipe):
     from diffusers import DPMSolverMultistepScheduler
 
-    scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-    timesteps = genie_timesteps(scheduler, 50, 0.8)
-    scheduler.set_timesteps(50)
-    grid = scheduler.timesteps.tolist()
-    assert timesteps[0] == 800
-    assert timesteps[1:] == [t for t in grid if t < 800]
-    assert genie_timesteps(scheduler, 50, 1.0)[0] == 999
+    # Release: noise at int(1000 r) = 800, then the grid timesteps t with t - 1 <= 800 (801 is one).
+    grid = GridScheduler([841, 821, 801, 781, 761])
+    assert genie_timesteps(grid, 5, 0.8) == (800, [801, 781, 761])
+    assert genie_timesteps(GridScheduler([840, 820, 800, 780]), 4, 0.8) == (800, [800, 780])
+    # Paper: the last int(r N) = 4 grid timesteps, noised at the first of them.
+    assert genie_timesteps(grid, 5, 0.8, "paper") == (821, [821, 801, 781, 761])
+    # SD 1.5's DPM-Solver grid, 50 steps: round(linspace(0, 999, 51))[::-1][:-1].
+    linspace = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, timestep_spacing="linspace")
+    linspace_grid = [round(999 * (50 - k) / 50) for k in range(50)]
+    assert genie_timesteps(linspace, 50, 0.8) == (800, linspace_grid[10:]) and linspace_grid[10] == 799
+    assert genie_timesteps(linspace, 50, 0.8, "paper") == (799, linspace_grid[10:])
+    assert genie_timesteps(linspace, 50, 1.0) == (1000, linspace_grid)
+    with pytest.raises(ValueError, match="schedule"):
+        genie_timesteps(linspace, 50, 0.8, "boomerang")
+    with pytest.raises(ValueError, match="no denoising step"):
+        genie_timesteps(linspace, 50, 0.01, "paper")
+
+
+class UNetInputs:
+    """Records the (latent input, timestep) of every UNet call while active."""
+
+    def __init__(self, pipe) -> None:
+        self.unet, self.calls = pipe.unet, []
+
+    def __enter__(self):
+        def record(module, args, kwargs):
+            self.calls.append((args[0].clone(), int(args[1])))
+
+        self.handle = self.unet.register_forward_pre_hook(record, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+
+@pytest.mark.parametrize("schedule, ratio, noise_timestep, steps", [
+    ("release", 0.8, 800, 40), ("paper", 0.8, 799, 40), ("release", 0.799, 799, 40), ("paper", 0.799, 779, 39),
+])
+def test_genie_sampler_runs_the_schedule_from_the_noised_latent_mode(pipe, schedule, ratio, noise_timestep, steps):
+    """At r = 0.8 the release runs 40 UNet steps, from 799 (the grid's last t with t - 1 <= 800), not 41."""
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    with UNetInputs(pipe) as unet:
+        (output,) = genie_img2img(pipe, [image], ["a photo of a diode."], noise_ratio=ratio, num_inference_steps=50,
+                                  guidance_scale=7.5, generators=[torch.Generator().manual_seed(3)], schedule=schedule)
+    assert output.size == (64, 64)
+    timesteps = [t for _, t in unet.calls]
+    grid = [round(999 * (50 - k) / 50) for k in range(50)]
+    assert timesteps == grid[50 - steps:] and timesteps[0] <= noise_timestep
+    # The first UNet input (guidance doubles the batch) is the VAE latent's mode noised at the start timestep.
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        distribution = pipe.vae.encode(pixels).latent_dist
+    noise = torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(3))
+    alpha_bar = pipe.scheduler.alphas_cumprod[noise_timestep]
+    start = alpha_bar.sqrt() * 0.18215 * distribution.mode()[0] + (1 - alpha_bar).sqrt() * noise
+    first_input = unet.calls[0][0]
+    assert first_input.shape == (2, 4, 8, 8)
+    torch.testing.assert_close(first_input[0], start, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(first_input[1], start, atol=1e-5, rtol=1e-5)
+    sampled = alpha_bar.sqrt() * 0.18215 * distribution.sample(torch.Generator().manual_seed(0))[0]
+    assert (first_input[0] - sampled - (1 - alpha_bar).sqrt() * noise).abs().max() > 1e-2  # a sample would differ
+
+
+def test_fit_square_squashes_or_crops_the_centre():
+    stripes = np.zeros((128, 256, 3), dtype=np.uint8)  # 256 wide: red | green (128 px) | blue
+    stripes[:, :64, 0], stripes[:, 64:192, 1], stripes[:, 192:, 2] = 255, 255, 255
+    squashed = np.asarray(fit_square(Image.fromarray(stripes), 64, "squash"), dtype=int)
+    cropped = np.asarray(fit_square(Image.fromarray(stripes), 64, "center-crop"), dtype=int)
+    assert squashed.shape == cropped.shape == (64, 64, 3)
+    # Squash keeps all three stripes at a quarter / half / quarter of the width (away from the edges).
+    np.testing.assert_allclose(squashed[:, 2:14], np.broadcast_to([255, 0, 0], (64, 12, 3)), atol=3)
+    np.testing.assert_allclose(squashed[:, 18:46], np.broadcast_to([0, 255, 0], (64, 28, 3)), atol=3)
+    np.testing.assert_allclose(squashed[:, 50:62], np.broadcast_to([0, 0, 255], (64, 12, 3)), atol=3)
+    # Resize to 64 high (128 wide), then the centre 64 columns: the green stripe alone.
+    np.testing.assert_allclose(cropped[:, 3:61], np.broadcast_to([0, 255, 0], (64, 58, 3)), atol=1)
+    with pytest.raises(ValueError, match="resize"):
+        fit_square(Image.fromarray(stripes), 64, "pad")
+
+
+def test_each_mode_gets_its_release_guidance_and_geometry(pipe, tmp_path, monkeypatch):
+    stripes = np.zeros((40, 80, 3), dtype=np.uint8)
+    stripes[:, :20, 0], stripes[:, 20:60, 1], stripes[:, 60:, 2] = 255, 255, 255
+    Image.fromarray(stripes).save(tmp_path / "wide.png")
+    (source,) = make_sources([tmp_path / "wide.png"], [0], ["resistor"])
+    augmenter = Augmenter(pipe, tmp_path / "out", AugmentConfig(**CONFIG), model_id="tiny")
+    handed = {}
+
+    def record_ddim(**kwargs):
+        handed["ddim"] = kwargs
+        return argparse.Namespace(images=[Image.new("RGB", (64, 64))] * len(kwargs["image"]))
+
+    def record_genie(pipe, images, prompts, **kwargs):
+        handed["genie"] = dict(image=images, **kwargs)
+        return [Image.new("RGB", (64, 64))] * len(images)
+
+    monkeypatch.setattr(augmenter, "ddim", record_ddim)
+    monkeypatch.setattr(generate_module, "genie_img2img", record_genie)
+    augmenter.generate([_job(source, seed=1, strength=0.3)])
+    augmenter.generate([replace(_job(source, seed=1, kind="genie", strength=0.8), sampler="genie")])
+    assert handed["ddim"]["guidance_scale"] == 5.0 and handed["genie"]["guidance_scale"] == 7.5
+    assert handed["genie"]["schedule"] == "release" and handed["genie"]["noise_ratio"] == 0.8
+    ddim_input = np.asarray(handed["ddim"]["image"][0], dtype=int)
+    genie_input = np.asarray(handed["genie"]["image"][0], dtype=int)
+    assert ddim_input.shape == genie_input.shape == (64, 64, 3)
+    assert ddim_input[32, 4, 0] > 250 and ddim_input[32, 60, 2] > 250  # squashed: the red and blue ends stay
+    assert (genie_input[:, 4:60, 1] > 250).all()  # centre crop of 128x64: green only
+    # Each mode's settings are part of its images' cache keys.
+    other = Augmenter(pipe, tmp_path / "out", AugmentConfig(**CONFIG, guidance_scale=7.5, resize="center-crop"),
+                      model_id="tiny")
+    job = _job(source, seed=1)
+    assert other.key(job) != augmenter.key(job)
+    assert augmenter.entry(job, "k")["guidance_scale"] == 5.0 and augmenter.entry(job, "k")["resize"] == "squash"
 
 
 # --- generation ---------------------------------------------------------------------------------------
@@ -230,7 +346,7 @@ def test_genie_ada_lists_the_candidate_after_the_largest_jump(pipe, sources, tmp
         assert entry["adaptive"] and entry["ratios"] == [0.5, 0.6, 0.7, 0.8, 0.9]
         assert entry["noise_ratio"] == select_noise_ratio(entry["ratios"], torch.tensor(entry["distances"]))
         source = next(source for source in sources if source.path == entry["source"])
-        chosen = Job(kind="genie", sampler="dpm-solver", source=source, input_path=source.path,
+        chosen = Job(kind="genie", sampler="genie", source=source, input_path=source.path,
                      input_sha256=source.sha256, prompt=entry["prompt"], strength=entry["noise_ratio"],
                      seed=entry["seed"], index=0, label=entry["label"])
         assert entry["path"].endswith(augmenter.key(chosen) + ".png")  # the fixed-r GeNIe image at r*

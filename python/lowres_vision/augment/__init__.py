@@ -11,11 +11,13 @@ from .cache import KINDS, Manifest, cache_key, merge_manifests, read_manifest, s
 from .data import AugmentedDataset, BreakingPairs
 from .generate import MODES, AugmentConfig, Augmenter, Source, make_sources, run_augmentation
 from .genie import GENIE_ADA_RATIOS, backbone_embedder, projected_distances, select_noise_ratio
-from .pipeline import DEFAULT_MODEL, TINY_MODEL, build_tiny_img2img_pipeline, genie_timesteps, load_img2img_pipeline
+from .genie_sampler import GENIE_SCHEDULES, genie_img2img, genie_timesteps
+from .pipeline import DEFAULT_MODEL, RESIZES, TINY_MODEL, build_tiny_img2img_pipeline, fit_square, load_img2img_pipeline
 
 __all__ = [
-    "AugmentConfig", "AugmentedDataset", "Augmenter", "BreakingPairs", "DEFAULT_MODEL", "GENIE_ADA_RATIOS", "KINDS",
-    "MODES", "Manifest", "Source", "TINY_MODEL", "backbone_embedder", "build_tiny_img2img_pipeline", "cache_key",
-    "genie_timesteps", "load_img2img_pipeline", "make_sources", "merge_manifests", "projected_distances",
-    "read_manifest", "run_augmentation", "select_noise_ratio", "shard",
+    "AugmentConfig", "AugmentedDataset", "Augmenter", "BreakingPairs", "DEFAULT_MODEL", "GENIE_ADA_RATIOS",
+    "GENIE_SCHEDULES", "KINDS", "MODES", "Manifest", "RESIZES", "Source", "TINY_MODEL", "backbone_embedder",
+    "build_tiny_img2img_pipeline", "cache_key", "fit_square", "genie_img2img", "genie_timesteps",
+    "load_img2img_pipeline", "make_sources", "merge_manifests", "projected_distances", "read_manifest",
+    "run_augmentation", "select_noise_ratio", "shard",
 ]

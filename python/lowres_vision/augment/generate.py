@@ -22,14 +22,15 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data import load_image
 from .cache import Manifest, cache_key, derive_seed, file_sha256, image_relpath, is_valid_image, merge_manifests
 from .cache import shard, shard_manifest_name, write_image_atomic
 from .genie import GENIE_ADA_RATIOS, Embedder, class_mean_embeddings, projected_distances, select_noise_ratio
-from .pipeline import genie_timesteps, with_scheduler
+from .genie_sampler import GENIE_SCHEDULES, genie_img2img
+from .pipeline import RESIZES, ddim_view, fit_square
 
 MODES = ("preserving", "breaking", "genie")
 
@@ -55,18 +56,30 @@ def make_sources(paths: Sequence[Path | str], labels: Sequence[int], names: Sequ
 
 @dataclass(frozen=True)
 class AugmentConfig:
+    """What to generate and how; each mode's sampler settings default to its authors' release.
+
+    Label-preserving, label-breaking and partner images: guidance 5.0 on an input squashed to
+    `resolution`² (the LITE release, repository xiaobai1217/Low-Resource-Vision, file
+    img2img_circuit.py). GeNIe: guidance 7.5 on an input resized and centre-cropped, sampled with the
+    GeNIe release's schedule (`genie_sampler`; `genie_schedule="paper"` for the paper's reading).
+    """
+
     modes: tuple[str, ...] = ("preserving", "breaking")
     m: int = 10
     steps: int = 50
     resolution: int = 512
     preserve_strength: float = 0.3
     break_strength: float = 0.6
-    guidance_scale: float = 7.5
+    guidance_scale: float = 5.0
+    resize: str = "squash"
     prompt_template: str = "a circuit diagram of {name}"
     genie_prompt_template: str = "a photo of a {name}."
     genie_ratio: float = 0.8
     genie_adaptive: bool = False
     genie_ratios: tuple[float, ...] = GENIE_ADA_RATIOS
+    genie_guidance_scale: float = 7.5
+    genie_resize: str = "center-crop"
+    genie_schedule: str = "release"
     batch_size: int = 8
     seed: int = 0
 
@@ -85,6 +98,23 @@ class AugmentConfig:
         ratios = self.genie_ratios if self.genie_adaptive else (self.genie_ratio,)
         if any(not 0.0 < ratio <= 1.0 for ratio in ratios):
             raise ValueError(f"GeNIe noise ratios must be in (0, 1], got {ratios}")
+        if self.genie_schedule == "paper" and any(int(self.steps * ratio) < 1 for ratio in ratios):
+            raise ValueError(f"genie_schedule='paper' runs int(steps * r) steps: r in {ratios} with steps={self.steps} "
+                             f"leaves none")
+        for name, value, choices in (("resize", self.resize, RESIZES), ("genie_resize", self.genie_resize, RESIZES),
+                                     ("genie_schedule", self.genie_schedule, GENIE_SCHEDULES)):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        for name in ("guidance_scale", "genie_guidance_scale"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def sampler_settings(self, kind: str) -> dict:
+        """The guidance, input geometry (and GeNIe schedule) images of `kind` are made with."""
+        if kind == "genie":
+            return {"guidance_scale": self.genie_guidance_scale, "resize": self.genie_resize,
+                    "schedule": self.genie_schedule}
+        return {"guidance_scale": self.guidance_scale, "resize": self.resize}
 
 
 @dataclass
@@ -92,7 +122,7 @@ class Job:
     """One image to generate: img2img of `input_path` with `prompt` at `strength` from `seed`."""
 
     kind: str
-    sampler: str  # "ddim" (strength = γ/τ) or "dpm-solver" (GeNIe: strength = noise ratio r)
+    sampler: str  # "ddim" (strength = γ/τ) or "genie" (strength = noise ratio r)
     source: Source  # the dataset image this descends from
     input_path: str
     input_sha256: str
@@ -113,7 +143,7 @@ class Augmenter:
         self.cfg, self.model_id, self.rank = cfg, model_id, rank
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.pipes = {sampler: with_scheduler(pipe, sampler) for sampler in ("ddim", "dpm-solver")}
+        self.pipe, self.ddim = pipe, ddim_view(pipe)
         self.manifest = Manifest.open(self.out_dir / manifest_name)
         self.generated = 0  # images this object produced (cache hits excluded)
 
@@ -121,7 +151,7 @@ class Augmenter:
         return cache_key(
             input_sha256=job.input_sha256, kind=job.kind, sampler=job.sampler, strength=job.strength,
             prompt=job.prompt, seed=job.seed, model=self.model_id, steps=self.cfg.steps,
-            guidance_scale=self.cfg.guidance_scale, resolution=self.cfg.resolution,
+            resolution=self.cfg.resolution, **self.cfg.sampler_settings(job.kind),
         )
 
     def path(self, key: str) -> Path:
@@ -132,8 +162,8 @@ class Augmenter:
             "key": key, "path": image_relpath(key), "kind": job.kind, "source": job.source.path,
             "source_sha256": job.source.sha256, "source_label": job.source.label, "label": job.label,
             "prompt": job.prompt, "strength": job.strength, "seed": job.seed, "index": job.index,
-            "sampler": job.sampler, "model": self.model_id, "steps": self.cfg.steps,
-            "guidance_scale": self.cfg.guidance_scale, "resolution": self.cfg.resolution, **job.extra,
+            "sampler": job.sampler, "model": self.model_id, "steps": self.cfg.steps, "resolution": self.cfg.resolution,
+            **self.cfg.sampler_settings(job.kind), **job.extra,
         }
 
     def run(self, jobs: Sequence[Job], *, desc: str = "augment") -> dict[str, Path]:
@@ -170,20 +200,18 @@ class Augmenter:
         sampler, strength = batch[0].sampler, batch[0].strength
         if any((job.sampler, job.strength) != (sampler, strength) for job in batch):
             raise ValueError("a batch must share one sampler and one strength")
-        pipe = self.pipes[sampler]
-        size = self.cfg.resolution
-        images = [ImageOps.fit(load_image(job.input_path), (size, size), Image.Resampling.BICUBIC) for job in batch]
-        schedule = (
-            {"strength": strength, "num_inference_steps": self.cfg.steps} if sampler == "ddim"
-            else {"strength": 1.0, "timesteps": genie_timesteps(pipe.scheduler, self.cfg.steps, strength)}
-        )
+        settings = self.cfg.sampler_settings(batch[0].kind)
+        images = [fit_square(load_image(job.input_path), self.cfg.resolution, settings["resize"]) for job in batch]
+        prompts = [job.prompt for job in batch]
         # CPU generators: the initial noise of an image is the same on every device and in every batch.
         generators = [torch.Generator("cpu").manual_seed(job.seed) for job in batch]
+        if sampler == "genie":
+            return genie_img2img(self.pipe, images, prompts, noise_ratio=strength, num_inference_steps=self.cfg.steps,
+                                 guidance_scale=settings["guidance_scale"], generators=generators,
+                                 schedule=settings["schedule"])
         with torch.inference_mode():
-            output = pipe(
-                prompt=[job.prompt for job in batch], image=images, guidance_scale=self.cfg.guidance_scale,
-                generator=generators, output_type="pil", **schedule,
-            )
+            output = self.ddim(prompt=prompts, image=images, strength=strength, num_inference_steps=self.cfg.steps,
+                               guidance_scale=settings["guidance_scale"], generator=generators, output_type="pil")
         return output.images
 
 
@@ -213,7 +241,7 @@ def _plan_first_pass(sources: Sequence[Source], cfg: AugmentConfig, class_names:
                 target = targets[order[index % len(targets)]]
                 ratios = cfg.genie_ratios if cfg.genie_adaptive else (cfg.genie_ratio,)
                 group = [
-                    Job(kind="genie", sampler="dpm-solver", source=source, input_path=source.path,
+                    Job(kind="genie", sampler="genie", source=source, input_path=source.path,
                         input_sha256=source.sha256, prompt=cfg.genie_prompt_template.format(name=class_names[target]),
                         strength=ratio, index=index, seed=derive_seed(cfg.seed, "genie", source.sha256, index),
                         label=target, record=not cfg.genie_adaptive, extra={"noise_ratio": ratio})

@@ -1,8 +1,9 @@
 """Loading one Stable Diffusion img2img pipeline, and the two samplers built on its shared modules.
 
-The label-preserving/-breaking augmentations use DDIM (the LITE release); GeNIe uses DPM-Solver
-multistep (the GeNIe release). Both are views of one loaded model: only the scheduler differs, so
-the UNet, VAE and text encoder are held once in memory.
+The label-preserving/-breaking augmentations use DDIM (the LITE release) through a view of the
+loaded pipeline; GeNIe drives the same modules with DPM-Solver multistep (`genie_sampler`). Only
+the scheduler differs, so the UNet, VAE and text encoder are held once in memory. `fit_square`
+gives each mode its release's input geometry.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY_MODEL = "tiny-random"  # the name under which the random offline pipeline is cached
@@ -117,30 +119,32 @@ def _prepare(pipe, device: torch.device):
     return pipe
 
 
-def with_scheduler(pipe, sampler: str):
-    """A pipeline sharing `pipe`'s modules with the scheduler of `sampler` ("ddim" or "dpm-solver")."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, StableDiffusionImg2ImgPipeline
+def ddim_view(pipe):
+    """A pipeline sharing `pipe`'s modules with a DDIM scheduler (the LITE release's sampler)."""
+    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 
-    schedulers = {"ddim": DDIMScheduler, "dpm-solver": DPMSolverMultistepScheduler}
-    if sampler not in schedulers:
-        raise ValueError(f"sampler must be one of {sorted(schedulers)}, got {sampler!r}")
     components = dict(pipe.components)
-    components["scheduler"] = schedulers[sampler].from_config(pipe.scheduler.config)
+    components["scheduler"] = DDIMScheduler.from_config(pipe.scheduler.config)
     view = StableDiffusionImg2ImgPipeline(**components, requires_safety_checker=False)
     view.set_progress_bar_config(disable=True)
     return view
 
 
-def genie_timesteps(scheduler, num_inference_steps: int, noise_ratio: float) -> list[int]:
-    """GeNIe's schedule: noise added at timestep int(1000·r), then the `num_inference_steps` grid below it.
+RESIZES = ("squash", "center-crop")
 
-    Unlike diffusers' `strength`, which starts at the nearest grid point, the release starts at
-    exactly int(T_train·r) and skips the grid's earlier (noisier) timesteps.
+
+def fit_square(image: Image.Image, size: int, resize: str) -> Image.Image:
+    """`image` made `size`×`size` as a release feeds Stable Diffusion.
+
+    "squash": resized to size×size whatever its aspect ratio, Lanczos (the LITE release,
+    repository xiaobai1217/Low-Resource-Vision, file img2img_circuit.py). "center-crop": the
+    shorter side resized to `size` (bilinear, antialiased), then the centre size×size crop (the
+    GeNIe release, repository UCDvision/GeNIe, file genie.py: Resize(512), CenterCrop(512)).
     """
-    if not 0.0 < noise_ratio <= 1.0:
-        raise ValueError(f"noise_ratio must be in (0, 1], got {noise_ratio}")
-    train_steps = scheduler.config.num_train_timesteps
-    start = min(int(train_steps * noise_ratio), train_steps - 1)
-    scheduler.set_timesteps(num_inference_steps)
-    below = [int(t) for t in scheduler.timesteps.tolist() if t < start]
-    return [start, *below]
+    from torchvision.transforms import functional as TF
+
+    if resize not in RESIZES:
+        raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
+    if resize == "squash":
+        return image.resize((size, size), Image.Resampling.LANCZOS)
+    return TF.center_crop(TF.resize(image, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True), size)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 
 def register(subparsers) -> None:
@@ -30,11 +31,18 @@ def register(subparsers) -> None:
     parser.add_argument("--resolution", type=int, default=None, help="default 512 (64 with --tiny)")
     parser.add_argument("--preserve-strength", type=float, default=0.3, help="γ")
     parser.add_argument("--break-strength", type=float, default=0.6, help="τ")
-    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--guidance-scale", type=float, default=5.0,
+                        help="classifier-free guidance of label-preserving/-breaking images (LITE release)")
+    parser.add_argument("--resize", default="squash",
+                        help="squash or center-crop: how label-preserving/-breaking inputs become square (LITE release)")
     parser.add_argument("--prompt", default=None, help="prompt template with {name} (default per task)")
     parser.add_argument("--genie-prompt", default="a photo of a {name}.", help="GeNIe target-class prompt template")
     parser.add_argument("--genie-ratio", type=float, default=0.8, help="GeNIe noise ratio r")
     parser.add_argument("--genie-ada", action="store_true", help="choose r per image from 0.5..0.9 (GeNIe-Ada)")
+    parser.add_argument("--genie-guidance-scale", type=float, default=7.5, help="GeNIe's guidance (GeNIe release)")
+    parser.add_argument("--genie-resize", default="center-crop", help="squash or center-crop, for GeNIe (GeNIe release)")
+    parser.add_argument("--genie-schedule", default="release",
+                        help="release: noise at int(1000 r), grid steps t - 1 <= 1000 r; paper: the last int(r steps)")
     parser.add_argument("--backbone", default="ViT-B-16", help="GeNIe-Ada's embedding model (open_clip name or timm:<name>)")
     parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag of --backbone")
     parser.add_argument("--backbone-checkpoint", default=None, help="local weights of --backbone")
@@ -87,13 +95,19 @@ def run(args) -> int:
 
         # Only a CPU barrier before the merge is needed (gloo); ranks may finish hours apart.
         dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
-    cfg = AugmentConfig(
-        modes=args.modes, m=args.m, steps=args.steps, resolution=args.resolution or (64 if args.tiny else 512),
-        preserve_strength=args.preserve_strength, break_strength=args.break_strength,
-        guidance_scale=args.guidance_scale, prompt_template=args.prompt or task_spec(args.task).augment_prompt,
-        genie_prompt_template=args.genie_prompt, genie_ratio=args.genie_ratio, genie_adaptive=args.genie_ada,
-        batch_size=args.batch_size, seed=args.seed,
-    )
+    try:
+        cfg = AugmentConfig(
+            modes=args.modes, m=args.m, steps=args.steps, resolution=args.resolution or (64 if args.tiny else 512),
+            preserve_strength=args.preserve_strength, break_strength=args.break_strength,
+            guidance_scale=args.guidance_scale, resize=args.resize,
+            prompt_template=args.prompt or task_spec(args.task).augment_prompt,
+            genie_prompt_template=args.genie_prompt, genie_ratio=args.genie_ratio, genie_adaptive=args.genie_ada,
+            genie_guidance_scale=args.genie_guidance_scale, genie_resize=args.genie_resize,
+            genie_schedule=args.genie_schedule, batch_size=args.batch_size, seed=args.seed,
+        )
+    except ValueError as error:
+        print(f"lowres-vision augment: error: {error}", file=sys.stderr)
+        return 2
     sources, class_names = _sources(args)
     if args.tiny:
         model_id, pipe = TINY_MODEL, build_tiny_img2img_pipeline(device=device, dtype=args.dtype)
