@@ -82,3 +82,31 @@ def check_autocast_computes_in_float32(device, backend: str, compile_backend: st
         for i, (got, want) in enumerate(zip(got_grads, expected_grads)):
             assert got.dtype == inputs[i].dtype, f"{what} under autocast: grad {i} dtype {got.dtype}"
             torch.testing.assert_close(got, want.to(got.dtype), msg=lambda m: f"{what} under autocast, grad {i}: {m}")
+
+
+def check_domain_attention_nonfinite_like_oracle(device, backend: str) -> None:
+    """NaN and inf in the mixing logits or in a map give what the oracle gives, row for row: a
+    non-finite mixing logit makes every mixing weight NaN, so every output row -- the prefix (CLS)
+    rows too -- is NaN; a non-finite map entry poisons exactly the patch rows whose crop reads it."""
+    gen = torch.Generator().manual_seed(0)
+    h, num_prefix = 4, 2
+    v = torch.randn(2, num_prefix + h * h, 5, generator=gen, dtype=torch.float64).to(device)
+    maps = torch.randn(3, 2 * h, 2 * h, generator=gen, dtype=torch.float64).to(device)
+    mix = torch.randn(3, generator=gen, dtype=torch.float64).to(device)
+    cases = {}
+    for value in (float("nan"), float("inf"), float("-inf")):
+        poisoned_mix = mix.clone()
+        poisoned_mix[1] = value
+        cases[f"mix_logits[1] = {value}"] = (maps, poisoned_mix)
+        poisoned_maps = maps.clone()
+        poisoned_maps[1, h + 1, h - 1] = value  # read by some patch rows only
+        cases[f"maps[1, {h + 1}, {h - 1}] = {value}"] = (poisoned_maps, mix)
+    for what, (case_maps, case_mix) in cases.items():
+        expected = lk.reference.domain_attention(v, case_maps, case_mix, num_prefix_tokens=num_prefix)
+        out = lk.domain_attention(v, case_maps, case_mix, num_prefix_tokens=num_prefix, backend=backend)
+        assert torch.equal(out.isnan(), expected.isnan()), f"{what}: NaN rows {out.isnan().all(-1)} != {expected.isnan().all(-1)}"
+        torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10, equal_nan=True, msg=lambda m: f"{what}: {m}")
+    # The case the fix is about: every row, prefix rows included, is NaN.
+    nan_mix = mix.clone()
+    nan_mix[0] = float("nan")
+    assert lk.domain_attention(v, maps, nan_mix, num_prefix_tokens=num_prefix, backend=backend).isnan().all()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernel_testing import check_autocast_computes_in_float32
+from kernel_testing import check_autocast_computes_in_float32, check_domain_attention_nonfinite_like_oracle
 
 import lowres_kernels as lk
 from lowres_kernels import reference
@@ -400,6 +400,10 @@ def test_domain_attention_nan_in_maps_propagates():
     oracle = reference.domain_attention(v, maps, mix_logits)
     assert torch.equal(ours.isnan(), oracle.isnan()) and ours.isnan().any()
     torch.testing.assert_close(ours, oracle, rtol=1e-10, atol=1e-10, equal_nan=True)
+
+
+def test_domain_attention_nan_and_inf_give_the_oracle_rows():
+    check_domain_attention_nonfinite_like_oracle(DEVICE, BACKEND)
 
 
 def test_domain_attention_compiles_fullgraph():

@@ -6,7 +6,14 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kernel_testing import ALL_DTYPES, REDUCED_PRECISION, assert_close_to_oracle, grads, leaves
+from kernel_testing import (
+    ALL_DTYPES,
+    REDUCED_PRECISION,
+    assert_close_to_oracle,
+    check_domain_attention_nonfinite_like_oracle,
+    grads,
+    leaves,
+)
 
 import lowres_kernels as lk
 from lowres_kernels import reference
@@ -168,6 +175,10 @@ def test_nan_and_inf_in_the_maps_propagate():
     unused = maps.clone()
     unused[:, 0, :] = float("nan")  # row 0 is never read by any crop
     torch.testing.assert_close(lk.domain_attention(v, unused, mix), reference.domain_attention(v, maps, mix))
+
+
+def test_nan_and_inf_in_the_mixing_logits_and_maps_give_the_oracle_rows():
+    check_domain_attention_nonfinite_like_oracle("cpu", "cpp")
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -12,7 +12,14 @@ import os
 
 import pytest
 import torch
-from kernel_testing import REDUCED_PRECISION, assert_close_to_oracle, check_autocast_computes_in_float32, grads, leaves
+from kernel_testing import (
+    REDUCED_PRECISION,
+    assert_close_to_oracle,
+    check_autocast_computes_in_float32,
+    check_domain_attention_nonfinite_like_oracle,
+    grads,
+    leaves,
+)
 
 import lowres_kernels as lk
 from lowres_kernels import reference
@@ -240,6 +247,10 @@ def test_domain_attention_hand_computed_value():
     out = triton_da.domain_attention_op(v, maps, torch.zeros(1, device=DEVICE), 1)
     e = torch.e
     torch.testing.assert_close(out, torch.tensor([[[3.0], [(2 + 4 * e) / (1 + e)]]], device=DEVICE))
+
+
+def test_domain_attention_nan_and_inf_give_the_oracle_rows():
+    check_domain_attention_nonfinite_like_oracle(DEVICE, "triton")
 
 
 def test_domain_attention_empty_batch():

@@ -62,7 +62,9 @@ MixedAttention mixed_attention(const at::Tensor& maps, const at::Tensor& mix_log
   m.pi = at::softmax(mix_logits.to(acc), 0);
   m.rows = at::softmax(logits, -1);  // ATen's vectorised softmax; NaN and inf behave as in torch.softmax
   m.P = at::empty({N, N}, maps_acc.options());
-  m.P.narrow(0, 0, num_prefix).fill_(1.0 / static_cast<double>(N));  // prefix rows: softmax over zeros
+  // Prefix rows: every map's row is a softmax over zeros, so the row is sum_c pi_c / N -- NaN when a
+  // mixing logit is NaN or inf, as in the reference, rather than the constant 1 / N.
+  m.P.narrow(0, 0, num_prefix).fill_(m.pi.sum() / static_cast<double>(N));
   m.P.narrow(0, num_prefix, hh).view({1, hh * N}).copy_(at::matmul(m.pi.unsqueeze(0), m.rows.view({C, hh * N})));
   return m;
 }

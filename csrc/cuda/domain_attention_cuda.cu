@@ -50,7 +50,8 @@ __device__ void row_softmax_stats(const T* map, int64_t h, int64_t num_prefix, i
   row_sum = block_reduce(s, Sum{}, T(0), scratch);
 }
 
-// One block per row of P [N, N]. Prefix rows are a softmax over zeros: uniform 1/N.
+// One block per row of P [N, N]. In a prefix row every map's row is a softmax over zeros, so the
+// row is sum_c pi_c / N: NaN when a mixing logit is NaN or inf, as in the reference.
 template <typename T>
 __global__ void build_mixed_attention_kernel(const T* __restrict__ maps, const T* __restrict__ pi,
                                              T* __restrict__ P, int64_t num_maps, int64_t h, int64_t num_prefix) {
@@ -58,7 +59,9 @@ __global__ void build_mixed_attention_kernel(const T* __restrict__ maps, const T
   const int64_t N = num_prefix + h * h, row = blockIdx.x;
   T* out = P + row * N;
   if (row < num_prefix) {
-    for (int64_t col = threadIdx.x; col < N; col += blockDim.x) out[col] = T(1) / T(N);
+    T pi_sum = 0;
+    for (int64_t c = 0; c < num_maps; ++c) pi_sum += pi[c];
+    for (int64_t col = threadIdx.x; col < N; col += blockDim.x) out[col] = pi_sum / T(N);
     return;  // uniform over the block: no thread reaches a barrier below
   }
   const int64_t i = (row - num_prefix) / h, j = (row - num_prefix) % h;
