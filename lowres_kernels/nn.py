@@ -97,9 +97,18 @@ class DomainAttention(nn.Module):
 
     forward(v, proj) returns alpha * proj(P @ v), with v the value projection of the frozen
     block's normed input (all heads, full width) and proj that attention's output projection;
-    the caller adds the result to the block's residual stream. Maps, mixing logits and alpha
-    are initialised to ones, as in the authors' release.
+    the caller adds the result to the block's residual stream.
+
+    `init="ones"` (the default) starts maps, mixing logits and alpha at ones, as the authors' release
+    does (repository xiaobai1217/Low-Resource-Vision, file imagebind/models/imagebind_model.py).
+    The C maps then receive identical gradients, the mixing logits too, and all stay identical
+    through training: the C maps act as one. `init="random"` breaks that symmetry: the maps start at
+    ones plus N(0, RANDOM_INIT_STD^2) noise drawn from torch's global generator (seed it, e.g. with
+    `torch.manual_seed`, for a reproducible start); mixing logits and alpha still start at ones.
     """
+
+    INITS = ("ones", "random")
+    RANDOM_INIT_STD = 0.02
 
     def __init__(
         self,
@@ -107,17 +116,24 @@ class DomainAttention(nn.Module):
         grid_size: int = 16,
         num_prefix_tokens: int = 1,
         *,
+        init: str = "ones",
         backend: Optional[str] = None,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__()
+        if init not in self.INITS:
+            raise ValueError(f"DomainAttention: init must be one of {self.INITS}, got {init!r}")
         check_int("DomainAttention", "num_maps", num_maps, least=1)
         check_int("DomainAttention", "grid_size", grid_size, least=1)
         check_int("DomainAttention", "num_prefix_tokens", num_prefix_tokens, least=0)
         factory = {"device": device, "dtype": dtype}
         self.num_maps, self.grid_size, self.num_prefix_tokens, self.backend = num_maps, grid_size, num_prefix_tokens, backend
-        self.maps = nn.Parameter(torch.ones(num_maps, 2 * grid_size, 2 * grid_size, **factory))
+        self.init = init
+        maps = torch.ones(num_maps, 2 * grid_size, 2 * grid_size, **factory)
+        if init == "random":
+            maps.add_(torch.randn_like(maps), alpha=self.RANDOM_INIT_STD)
+        self.maps = nn.Parameter(maps)
         self.mix_logits = nn.Parameter(torch.ones(num_maps, **factory))
         self.alpha = nn.Parameter(torch.ones((), **factory))
 
@@ -131,4 +147,5 @@ class DomainAttention(nn.Module):
         return self.alpha.to(mixed.dtype) * mixed
 
     def extra_repr(self) -> str:
-        return f"num_maps={self.num_maps}, grid_size={self.grid_size}, num_prefix_tokens={self.num_prefix_tokens}"
+        return (f"num_maps={self.num_maps}, grid_size={self.grid_size}, num_prefix_tokens={self.num_prefix_tokens}, "
+                f"init={self.init!r}")

@@ -115,6 +115,37 @@ def test_domain_attention_module():
     assert "num_maps=4, grid_size=3, num_prefix_tokens=2" in repr(module)
 
 
+def _train_domain_attention(init):
+    """Three Adam steps of a DomainAttention against a fixed random target; returns the module."""
+    torch.manual_seed(0)
+    module = DomainAttention(num_maps=3, grid_size=3, num_prefix_tokens=1, init=init)
+    generator = torch.Generator().manual_seed(1)
+    v, target = torch.randn(2, 10, 4, generator=generator), torch.randn(2, 10, 4, generator=generator)
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.05)
+    for _ in range(3):
+        optimizer.zero_grad()
+        ((module(v) - target) ** 2).mean().backward()
+        optimizer.step()
+    return module
+
+
+def test_domain_attention_ones_init_keeps_the_maps_identical_and_random_breaks_the_symmetry():
+    ones = _train_domain_attention("ones")
+    assert not torch.equal(ones.maps[0], torch.ones_like(ones.maps[0]))  # the maps did train
+    assert all(torch.equal(ones.maps[c], ones.maps[0]) for c in range(3))
+    assert torch.equal(ones.mix_logits, ones.mix_logits[0].expand(3))
+
+    torch.manual_seed(0)
+    start = DomainAttention(num_maps=3, grid_size=3, num_prefix_tokens=1, init="random").maps.detach().clone()
+    assert (start - 1).std().item() == pytest.approx(DomainAttention.RANDOM_INIT_STD, rel=0.3)
+    random = _train_domain_attention("random")
+    updates = random.maps.detach() - start  # the same start: the same seed
+    assert (updates[1] - updates[0]).abs().max() > 1e-3 and (updates[2] - updates[0]).abs().max() > 1e-3
+    assert random.mix_logits.max() - random.mix_logits.min() > 1e-3
+    with pytest.raises(ValueError, match=r"DomainAttention: init must be one of \('ones', 'random'\), got 'zeros'"):
+        DomainAttention(init="zeros")
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

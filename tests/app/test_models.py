@@ -224,6 +224,15 @@ def test_injected_domain_attention_matches_the_spec(towers, images, tower):
     assert attention.num_prefix_tokens == (1 if tower == "open_clip" else towers[tower].num_prefix_tokens)
 
 
+def test_inject_passes_the_domain_attention_init(towers):
+    default = inject(copy.deepcopy(towers["open_clip"]), domain_attention=dict(num_maps=3)).transformer.resblocks[2]
+    assert torch.equal(default.domain_attention.maps, torch.ones(3, 8, 8))
+    torch.manual_seed(9)
+    random = inject(copy.deepcopy(towers["open_clip"]), domain_attention=dict(num_maps=3, init="random")).transformer.resblocks[2]
+    maps = random.domain_attention.maps
+    assert not torch.equal(maps[0], maps[1]) and (maps - 1).abs().max() < 0.2
+
+
 # ----------------------------------------------------------------------------- adapters and their registry
 
 

@@ -17,7 +17,7 @@ from .backbone import freeze
 from .tower import Tower
 
 TOKENIZATION_OPTIONS = {"sub", "step", "pool", "blend", "num_subkernels", "backend"}
-DOMAIN_ATTENTION_OPTIONS = {"block", "num_maps", "backend"}
+DOMAIN_ATTENTION_OPTIONS = {"block", "num_maps", "init", "backend"}
 
 
 def _options(kind: str, given: Mapping[str, Any], allowed: set) -> Dict[str, Any]:
@@ -67,10 +67,11 @@ def inject(
 
     tokenization=dict(sub=7, step=2, pool="max", blend=1.0): the patch conv becomes a
         `lowres_kernels.nn.SubKernelPatchEmbed` sharing the frozen conv weight.
-    domain_attention=dict(block=None, num_maps=10): a `lowres_kernels.nn.DomainAttention` in block
-        `block` (None = len(blocks) // 2), fed with that block's value projection of its normed
-        input, projected by its attention's output projection and added to the residual stream
-        right after the block's attention branch.
+    domain_attention=dict(block=None, num_maps=10, init="ones"): a `lowres_kernels.nn.DomainAttention`
+        in block `block` (None = len(blocks) // 2), fed with that block's value projection of its
+        normed input, projected by its attention's output projection and added to the residual
+        stream right after the block's attention branch. init="ones" starts as the authors' release
+        does (the maps then stay identical to each other); "random" breaks that symmetry.
     adapter=dict(kind="adaptformer", bottleneck=2, scale=0.1, bias=False) in every block, or
         dict(kind="lora", rank=8, alpha=None, targets=("q", "v", "out")) on every block's attention
         projections (alpha=None means alpha = rank); the kinds are `models.adapters.ADAPTERS`.
