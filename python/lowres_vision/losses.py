@@ -14,10 +14,12 @@ LOGIT_SCALE = 80.0  # 1 / sigma in the paper's Eq. 1; the release's value for bo
 
 
 def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """mean_i(w_i * CE(logits_i, labels_i)); without `weights` the plain mean cross-entropy.
+    """sum_i(w_i * CE(logits_i, labels_i)) / sum_i(w_i); without `weights` the plain mean cross-entropy.
 
-    The mean is over the batch, not normalised by the weights: a label-preserving replacement
-    with weight 0.65 contributes 0.65 of an original image, as in the release.
+    A label-preserving image standing in for an original (weight 0.65) counts 0.65 of an original,
+    relative to the rest of its batch. This is the normalisation of the authors' release
+    (repository xiaobai1217/Low-Resource-Vision) in scripts/train_map.py; its scripts/train_circuit.py
+    writes the same expression around an already mean-reduced loss, where the weights cancel out.
     """
     if logits.dim() != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"weighted_cross_entropy: expected logits [B, K] and labels [B], got {tuple(logits.shape)} and {tuple(labels.shape)}")
@@ -26,7 +28,8 @@ def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: 
         return losses.mean()
     if weights.shape != losses.shape:
         raise ValueError(f"weighted_cross_entropy: weights must have shape {tuple(losses.shape)}, got {tuple(weights.shape)}")
-    return (weights.to(losses.dtype) * losses).mean()
+    weights = weights.to(losses.dtype)
+    return (weights * losses).sum() / weights.sum()
 
 
 def _check_pairs(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -34,16 +37,18 @@ def _check_pairs(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
         raise ValueError(f"{name}: expected two [B, D] feature batches of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
 
 
-def symmetric_contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: float = LOGIT_SCALE) -> torch.Tensor:
+def symmetric_contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: float = LOGIT_SCALE,
+                               weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """CLIP's loss for paired batches: row i of `a` matches row i of `b`, every other row is a negative.
 
     Features are L2-normalised; logits = logit_scale * a @ b.T; the result is the mean of the
-    cross-entropies a->b (over rows) and b->a (over columns).
+    cross-entropies a->b (over rows) and b->a (over columns), each weighted by pair i's weight as
+    `weighted_cross_entropy` does (a pair with a label-preserving image in it weighs `replaced_weight`).
     """
     _check_pairs("symmetric_contrastive_loss", a, b)
     logits = logit_scale * F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t()
     targets = torch.arange(a.shape[0], device=a.device)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+    return 0.5 * (weighted_cross_entropy(logits, targets, weights) + weighted_cross_entropy(logits.t(), targets, weights))
 
 
 class MemoryBankContrastiveLoss(nn.Module):

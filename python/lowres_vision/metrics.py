@@ -1,4 +1,4 @@
-"""Evaluation metrics of the LITE benchmark (SPEC section 5): Top-k accuracy and retrieval ranks."""
+"""Evaluation metrics of the LITE benchmark: Top-k accuracy and retrieval ranks."""
 
 from __future__ import annotations
 
@@ -63,15 +63,22 @@ def average_metrics(*results: Mapping[str, float]) -> Dict[str, float]:
     return {key: sum(r[key] for r in results) / len(results) for key in results[0]}
 
 
-def bidirectional_retrieval_metrics(a: torch.Tensor, b: torch.Tensor, ks: Sequence[int] = RECALL_KS) -> Dict[str, float]:
-    """Retrieval metrics for paired embeddings (row i of `a` matches row i of `b`), averaged over a->b and b->a."""
-    if a.shape != b.shape:
-        raise ValueError(f"bidirectional_retrieval_metrics: a and b must be paired [n, D], got {tuple(a.shape)} and {tuple(b.shape)}")
-    ground_truth = torch.arange(a.shape[0], device=a.device)
-    return average_metrics(
-        retrieval_metrics(retrieval_ranks(a, b, ground_truth), ks),
-        retrieval_metrics(retrieval_ranks(b, a, ground_truth), ks),
-    )
+def split_retrieval_metrics(queries: torch.Tensor, gallery: torch.Tensor, ground_truth: torch.Tensor, *,
+                            symmetric: bool, ks: Sequence[int] = RECALL_KS) -> Dict[str, float]:
+    """The metrics of a retrieval split: query -> gallery, and for a `symmetric` split (one query per
+    gallery image) also gallery -> query, each metric then the mean of the two directions, with both
+    directions also reported under "query_to_gallery/..." and "gallery_to_query/...".
+    """
+    forward = retrieval_metrics(retrieval_ranks(queries, gallery, ground_truth), ks)
+    if not symmetric:
+        return forward
+    # One query per gallery image: the inverse permutation is the ground truth of the reverse direction.
+    backward = retrieval_metrics(retrieval_ranks(gallery, queries, ground_truth.argsort()), ks)
+    return {
+        **average_metrics(forward, backward),
+        **{f"query_to_gallery/{name}": value for name, value in forward.items()},
+        **{f"gallery_to_query/{name}": value for name, value in backward.items()},
+    }
 
 
 def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

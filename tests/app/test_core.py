@@ -439,3 +439,6 @@ def test_zeroshot_command_symmetric_retrieval_averages_both_directions(tmp_path)
     for name in ("R@1", "R@5", "mean_rank", "median_rank"):
         assert metrics[name] == pytest.approx((metrics[f"query_to_gallery/{name}"] + metrics[f"gallery_to_query/{name}"]) / 2)
     assert metrics["R@5"] == 100.0
+    predictions = np.load(out / "predictions.npz")
+    scores = predictions["gallery_embeddings"] @ predictions["query_embeddings"].T  # render -> drawing, paired by row
+    assert metrics["gallery_to_query/mean_rank"] == pytest.approx((1 + (scores > np.diag(scores)[:, None]).sum(1)).mean())

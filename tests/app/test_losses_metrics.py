@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from lowres_vision.losses import MemoryBankContrastiveLoss, symmetric_contrastive_loss, weighted_cross_entropy
 from lowres_vision.metrics import (
     average_metrics,
-    bidirectional_retrieval_metrics,
     confusion_matrix,
     retrieval_metrics,
     retrieval_ranks,
+    split_retrieval_metrics,
     topk_accuracy,
 )
 
@@ -63,7 +63,7 @@ def test_retrieval_ties_count_for_the_query_and_odd_median():
     assert retrieval_metrics(torch.tensor([4, 1, 9]))["median_rank"] == 4.0
 
 
-def test_bidirectional_metrics_average_both_directions():
+def test_split_metrics_average_two_directions_that_differ():
     a = torch.eye(3)
     b = torch.tensor([[1.0, 0, 0], [0.6, 0, 0.8], [0, 1, 0]])
     # a->b: a0 scores b [1, .6, 0] -> rank 1; a1 scores [0, 0, 1], b2 beats b1 -> rank 2;
@@ -72,8 +72,16 @@ def test_bidirectional_metrics_average_both_directions():
     # b->a: b0 -> rank 1; b1 scores a [.6, 0, .8], a0 and a2 beat a1 -> rank 3; b2 scores [0, 1, 0] -> rank 2.
     backward = retrieval_ranks(b, a, torch.arange(3)).tolist()
     assert forward == [1, 2, 2] and backward == [1, 3, 2]
-    both = bidirectional_retrieval_metrics(a, b, ks=(1, 2))
-    assert both == pytest.approx({"R@1": 100 / 3, "R@2": 0.5 * (300 / 3 + 200 / 3), "mean_rank": 0.5 * (5 / 3 + 2), "median_rank": 2.0})
+    # The same pairs with the gallery stored in another order: query i's match b_i sits at gallery[where[i]].
+    order = torch.tensor([2, 0, 1])
+    where = order.argsort()
+    both = split_retrieval_metrics(a, b[order], where, symmetric=True, ks=(1, 2))
+    assert both["query_to_gallery/mean_rank"] == pytest.approx(5 / 3)
+    assert both["gallery_to_query/mean_rank"] == pytest.approx(2.0)
+    assert {name: both[name] for name in ("R@1", "R@2", "mean_rank", "median_rank")} == pytest.approx(
+        {"R@1": 100 / 3, "R@2": 0.5 * (300 / 3 + 200 / 3), "mean_rank": 0.5 * (5 / 3 + 2), "median_rank": 2.0})
+    one_way = split_retrieval_metrics(a, b[order], where, symmetric=False, ks=(1, 2))
+    assert one_way == pytest.approx({"R@1": 100 / 3, "R@2": 100.0, "mean_rank": 5 / 3, "median_rank": 2.0})
 
 
 def test_average_metrics_and_errors():
@@ -89,14 +97,31 @@ def test_average_metrics_and_errors():
 # ----------------------------------------------------------------------------- losses
 
 
-def test_weighted_cross_entropy_by_hand():
-    logits = torch.zeros(2, 4)  # uniform: every sample's cross-entropy is log 4
-    labels = torch.tensor([0, 3])
-    assert weighted_cross_entropy(logits, labels).item() == pytest.approx(math.log(4))
-    weighted = weighted_cross_entropy(logits, labels, torch.tensor([1.0, 0.5]))
-    assert weighted.item() == pytest.approx(0.75 * math.log(4))
+def test_weighted_cross_entropy_is_normalised_by_the_weights():
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 0])
+    first, second = math.log(4), -math.log(math.exp(2) / (math.exp(2) + 3))
+    assert weighted_cross_entropy(logits, labels).item() == pytest.approx((first + second) / 2)
+    weighted = weighted_cross_entropy(logits, labels, torch.tensor([1.0, 0.65]))
+    assert weighted.item() == pytest.approx((first + 0.65 * second) / 1.65)
+    # Only the weights' ratios matter.
+    assert weighted_cross_entropy(logits, labels, torch.tensor([2.0, 1.3])).item() == pytest.approx(weighted.item())
     with pytest.raises(ValueError, match="weights must have shape"):
         weighted_cross_entropy(logits, labels, torch.ones(3))
+
+
+def _symmetric_loss_by_hand(a, b, scale, weights):
+    """The release's weighted symmetric loss, one pair at a time in float64."""
+    def unit(row):
+        return [value / math.sqrt(sum(v * v for v in row)) for value in row]
+
+    a, b = [unit(row) for row in a.tolist()], [unit(row) for row in b.tolist()]
+    logits = [[scale * sum(x * y for x, y in zip(u, v)) for v in b] for u in a]
+    n = len(a)
+    rows = [math.log(sum(math.exp(value) for value in logits[i])) - logits[i][i] for i in range(n)]
+    columns = [math.log(sum(math.exp(logits[k][i]) for k in range(n))) - logits[i][i] for i in range(n)]
+    total = sum(weights)
+    return 0.5 * (sum(w * r for w, r in zip(weights, rows)) / total + sum(w * c for w, c in zip(weights, columns)) / total)
 
 
 def test_symmetric_contrastive_loss_by_hand():
@@ -108,6 +133,20 @@ def test_symmetric_contrastive_loss_by_hand():
     columns = -math.log(math.e / (math.e + 1)) - math.log(0.5)
     expected = 0.5 * (rows / 2 + columns / 2)
     assert symmetric_contrastive_loss(a, b, logit_scale=1.0).item() == pytest.approx(expected, rel=1e-6)
+    assert expected == pytest.approx(_symmetric_loss_by_hand(a, b, 1.0, [1.0, 1.0]))
+
+
+def test_symmetric_contrastive_loss_scales_logits_and_weights_pairs():
+    torch.manual_seed(0)
+    a, b = torch.randn(4, 6), torch.randn(4, 6)
+    weights = [1.0, 0.65, 1.0, 0.65]
+    for scale in (3.0, 0.5):  # multiplying and dividing by the scale differ for any scale but 1
+        expected = _symmetric_loss_by_hand(a, b, scale, [1.0] * 4)
+        assert symmetric_contrastive_loss(a, b, logit_scale=scale).item() == pytest.approx(expected, rel=1e-5)
+        expected = _symmetric_loss_by_hand(a, b, scale, weights)
+        actual = symmetric_contrastive_loss(a, b, logit_scale=scale, weights=torch.tensor(weights))
+        assert actual.item() == pytest.approx(expected, rel=1e-5)
+    assert _symmetric_loss_by_hand(a, b, 3.0, weights) != pytest.approx(_symmetric_loss_by_hand(a, b, 3.0, [1.0] * 4))
 
 
 def _label_breaking_loss_by_hand(breaking, partners, bank, scale):

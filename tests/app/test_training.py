@@ -164,6 +164,10 @@ def test_retrieval_training_and_metrics(lite_root, tmp_path):
     metrics = train(drawings)
     for name in ("R@1", "R@5", "mean_rank"):
         assert metrics[name] == pytest.approx((metrics[f"query_to_gallery/{name}"] + metrics[f"gallery_to_query/{name}"]) / 2)
+    predictions = np.load(Path(drawings.out) / "predictions.npz")
+    scores = predictions["gallery_embeddings"] @ predictions["query_embeddings"].T  # render -> drawing, paired by row
+    backward = 1 + (scores > np.diag(scores)[:, None]).sum(1)
+    assert metrics["gallery_to_query/mean_rank"] == pytest.approx(backward.mean())
     assert set(load_file(str(Path(drawings.out) / "trainable.safetensors"))) == {
         "head.norm.weight", "head.norm.bias", "head.projection.weight"}
 

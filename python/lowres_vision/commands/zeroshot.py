@@ -152,22 +152,6 @@ def _classification(args, model, preprocess, vlm_encoder, device):
     return results
 
 
-def _retrieval_metrics(queries, gallery, ground_truth, *, symmetric: bool) -> dict[str, float]:
-    """LITE retrieval metrics; a symmetric split averages query->gallery and gallery->query."""
-    from lowres_vision.metrics import average_metrics, retrieval_metrics, retrieval_ranks
-
-    forward = retrieval_metrics(retrieval_ranks(queries, gallery, ground_truth))
-    if not symmetric:
-        return forward
-    # One query per gallery image: the inverse permutation is the ground truth of the reverse direction.
-    backward = retrieval_metrics(retrieval_ranks(gallery, queries, ground_truth.argsort()))
-    return {
-        **average_metrics(forward, backward),
-        **{f"query_to_gallery/{name}": value for name, value in forward.items()},
-        **{f"gallery_to_query/{name}": value for name, value in backward.items()},
-    }
-
-
 def _retrieval(args, model, preprocess, vlm_encoder, device):
     import numpy as np
     import torch
@@ -175,6 +159,7 @@ def _retrieval(args, model, preprocess, vlm_encoder, device):
     from lowres_vision import core
     from lowres_vision.core.figures import plot_retrieved_captions
     from lowres_vision.data import load_split
+    from lowres_vision.metrics import split_retrieval_metrics
 
     split = load_split(args.task, args.data_root, args.split)
     queries = _embed_paths(model, split.query_paths, preprocess, args, device, f"{args.split} queries")
@@ -188,7 +173,7 @@ def _retrieval(args, model, preprocess, vlm_encoder, device):
             train_queries = method.queries(_embed_paths(model, train.query_paths, preprocess, args, device, "train queries"))
             train_gallery = method.queries(_embed_paths(model, train.gallery_paths, preprocess, args, device, "train gallery"))
             recall_at_1 = [
-                _retrieval_metrics(
+                split_retrieval_metrics(
                     core.enrich_queries(train_queries.embeddings, train_queries.retrieved_embeddings, b, args.formula),
                     core.enrich_queries(train_gallery.embeddings, train_gallery.retrieved_embeddings, b, args.formula),
                     torch.tensor(train.ground_truth), symmetric=train.symmetric,
@@ -205,7 +190,7 @@ def _retrieval(args, model, preprocess, vlm_encoder, device):
         caption_lists = enriched_queries.retrieved.caption_lists(method.index.captions)
         plot_retrieved_captions([split.query_paths[i] for i in shown], [caption_lists[i] for i in shown], args.out / "retrieval_examples.png")
     ground_truth = torch.tensor(split.ground_truth)
-    results.update(_retrieval_metrics(queries, gallery, ground_truth, symmetric=split.symmetric))
+    results.update(split_retrieval_metrics(queries, gallery, ground_truth, symmetric=split.symmetric))
     np.savez(
         args.out / "predictions.npz", query_embeddings=queries.numpy(), gallery_embeddings=gallery.numpy(), ground_truth=ground_truth.numpy(),
         query_paths=np.asarray([str(p) for p in split.query_paths]), gallery_paths=np.asarray([str(p) for p in split.gallery_paths]),

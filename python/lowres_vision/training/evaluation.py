@@ -34,7 +34,7 @@ def run_model(model: nn.Module, dataset, cfg: TrainConfig, device: torch.device,
 def evaluate_split(model: nn.Module, cfg: TrainConfig, split_name: str, transform, device: torch.device,
                     ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Metrics and predictions (the predictions.npz arrays) of `model` on one split."""
-    from ..metrics import average_metrics, retrieval_metrics, retrieval_ranks, topk_accuracy
+    from ..metrics import split_retrieval_metrics, topk_accuracy
 
     was_training = model.training
     model.eval()
@@ -48,15 +48,7 @@ def evaluate_split(model: nn.Module, cfg: TrainConfig, split_name: str, transfor
         queries = run_model(model, ImageListDataset(split.query_paths, transform), cfg, device, f"embed {split_name} queries")
         gallery = run_model(model, ImageListDataset(split.gallery_paths, transform), cfg, device, f"embed {split_name} gallery")
         ground_truth = torch.tensor(split.ground_truth)
-        metrics = retrieval_metrics(retrieval_ranks(queries, gallery, ground_truth))
-        if split.symmetric:
-            # Every gallery image has exactly one query: the inverse permutation is the reverse ground truth.
-            reverse = retrieval_metrics(retrieval_ranks(gallery, queries, torch.argsort(ground_truth)))
-            metrics = {
-                **average_metrics(metrics, reverse),
-                **{f"query_to_gallery/{name}": value for name, value in metrics.items()},
-                **{f"gallery_to_query/{name}": value for name, value in reverse.items()},
-            }
+        metrics = split_retrieval_metrics(queries, gallery, ground_truth, symmetric=split.symmetric)
         return metrics, {
             "query_embeddings": queries.numpy(), "gallery_embeddings": gallery.numpy(),
             "ground_truth": ground_truth.numpy(),
