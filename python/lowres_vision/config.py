@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from .data import task_names
+from .errors import InputError
 
 
 BASELINES = ("tokenization", "domain_attention", "adapter")  # the injections of lowres_vision.inject
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration value or file is invalid; the message names the setting."""
 
 
@@ -104,11 +105,28 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
+        return check_device(self.device)
 
+
+def check_device(device: Optional[str]) -> str:
+    """`device` ('cpu', 'cuda', 'cuda:N'; 'auto' or None: cuda when available, else cpu) if this
+    machine has it, else a ConfigError naming it."""
+    import torch
+
+    if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from error
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: CUDA is not available on this machine (use 'cpu' or 'auto')")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type != "cpu":
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return device
 
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from .errors import InputError
 from .synth.plan import TASKS
 
 # Paper 000, Table 4 / 6 rows (the "combination of baselines" here is without generated data).
@@ -70,14 +71,14 @@ class DemoSettings:
     def validate(self) -> "DemoSettings":
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown or not self.tasks:
-            raise ValueError(f"tasks: expected a non-empty subset of {list(TASKS)}, got {list(self.tasks)}")
+            raise InputError(f"tasks: expected a non-empty subset of {list(TASKS)}, got {list(self.tasks)}")
         unknown = [c for c in self.configurations if c not in CONFIGURATIONS]
         if unknown or not self.configurations:
-            raise ValueError(f"configurations: expected a non-empty subset of {list(CONFIGURATIONS)}, got {list(self.configurations)}")
+            raise InputError(f"configurations: expected a non-empty subset of {list(CONFIGURATIONS)}, got {list(self.configurations)}")
         if self.pretrained and self.checkpoint:
-            raise ValueError(f"give pretrained ({self.pretrained!r}) or checkpoint ({self.checkpoint!r}), not both")
+            raise InputError(f"give pretrained ({self.pretrained!r}) or checkpoint ({self.checkpoint!r}), not both")
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
+            raise InputError(f"threads must be >= 1 or None, got {self.threads}")
         return self
 
     @property

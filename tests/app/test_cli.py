@@ -80,7 +80,7 @@ def test_unreadable_image_fails_with_its_path(lite_root, tmp_path, capsys):
     broken.write_bytes(b"not an image")
     code = cli.main(["train", "--task", "circuits", "--data-root", str(root), "--out", str(tmp_path / "run"),
                      "--epochs", "1", "--linear-probe", *TINY])
-    assert code == 1
+    assert code == 2  # a bad input, like a bad setting
     assert f"cannot read image {broken}" in capsys.readouterr().err
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data import load_image
+from ..errors import InputError
 from .cache import Manifest, cache_key, derive_seed, file_sha256, image_relpath, is_valid_image, merge_manifests
 from .cache import shard, shard_manifest_name, write_image_atomic
 from .genie import GENIE_ADA_RATIOS, Embedder, class_mean_embeddings, projected_distances, select_noise_ratio
@@ -86,28 +87,28 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         unknown = set(self.modes) - set(MODES)
         if unknown or not self.modes:
-            raise ValueError(f"modes must be a non-empty subset of {MODES}, got {self.modes}")
+            raise InputError(f"modes must be a non-empty subset of {MODES}, got {self.modes}")
         if self.m < 1 or self.batch_size < 1 or self.steps < 1 or self.resolution < 8:
-            raise ValueError(f"m, batch_size and steps must be >= 1 and resolution >= 8; got m={self.m}, "
+            raise InputError(f"m, batch_size and steps must be >= 1 and resolution >= 8; got m={self.m}, "
                              f"batch_size={self.batch_size}, steps={self.steps}, resolution={self.resolution}")
         for name in ("preserve_strength", "break_strength"):
             strength = getattr(self, name)
             if not 0.0 < strength <= 1.0 or int(self.steps * strength) < 1:
-                raise ValueError(f"{name}={strength} with steps={self.steps} leaves no denoising step "
+                raise InputError(f"{name}={strength} with steps={self.steps} leaves no denoising step "
                                  f"(needs 0 < strength <= 1 and int(steps * strength) >= 1)")
         ratios = self.genie_ratios if self.genie_adaptive else (self.genie_ratio,)
         if any(not 0.0 < ratio <= 1.0 for ratio in ratios):
-            raise ValueError(f"GeNIe noise ratios must be in (0, 1], got {ratios}")
+            raise InputError(f"GeNIe noise ratios must be in (0, 1], got {ratios}")
         if self.genie_schedule == "paper" and any(int(self.steps * ratio) < 1 for ratio in ratios):
-            raise ValueError(f"genie_schedule='paper' runs int(steps * r) steps: r in {ratios} with steps={self.steps} "
+            raise InputError(f"genie_schedule='paper' runs int(steps * r) steps: r in {ratios} with steps={self.steps} "
                              f"leaves none")
         for name, value, choices in (("resize", self.resize, RESIZES), ("genie_resize", self.genie_resize, RESIZES),
                                      ("genie_schedule", self.genie_schedule, GENIE_SCHEDULES)):
             if value not in choices:
-                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+                raise InputError(f"{name} must be one of {choices}, got {value!r}")
         for name in ("guidance_scale", "genie_guidance_scale"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def sampler_settings(self, kind: str) -> dict:
         """The guidance, input geometry (and GeNIe schedule) images of `kind` are made with."""

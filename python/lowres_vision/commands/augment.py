@@ -64,7 +64,9 @@ def _sources(args):
         names = [split.class_names[label] for label in split.labels]
         return make_sources(split.paths, split.labels, names), class_names
     if "genie" in args.modes:
-        raise SystemExit(f"error: --modes genie needs class names; task {args.task!r} is a retrieval task")
+        from ..errors import InputError
+
+        raise InputError(f"--modes genie needs class names; task {args.task!r} is a retrieval task")
     # Retrieval: every distinct training image is a source of its own.
     paths = list(dict.fromkeys([*split.query_paths, *split.gallery_paths]))
     return make_sources(paths, range(len(paths)), [""] * len(paths)), {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,20 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..config import ConfigError, load_config
-    from ..data import DatasetFormatError, ImageReadError
+    from ..config import load_config
     from ..training import evaluate
 
     overrides = {"out": args.run, "eval_split": args.split, "data_root": args.data_root, "device": args.device,
                  "eval_batch_size": args.eval_batch_size, "resume": False}
-    try:
-        cfg = load_config(Path(args.run) / "config.json", overrides)
-        metrics = evaluate(cfg)
-    except ConfigError as error:
-        print(f"lowres-vision eval: error: {error}", file=sys.stderr)
-        return 2
-    except (DatasetFormatError, ImageReadError, FileNotFoundError) as error:
-        print(f"lowres-vision eval: error: {error}", file=sys.stderr)
-        return 1
+    metrics = evaluate(load_config(Path(args.run) / "config.json", overrides))
     print(json.dumps(metrics, indent=2))
     return 0

@@ -21,20 +21,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ..errors import InputError
     from ..plots import plot_run
 
-    status = 0
     for run in args.runs:
         out = None if args.out is None else (Path(args.out) if len(args.runs) == 1 else Path(args.out) / Path(run).name)
-        try:
-            written = plot_run(run, out)
-        except FileNotFoundError as error:
-            print(f"lowres-vision plot: {error}")
-            status = 1
-            continue
+        written = plot_run(run, out)
         if not written:
-            print(f"{run}: nothing to plot (no trainable.safetensors, log.jsonl or predictions.npz)")
-            status = 1
+            raise InputError(f"{run}: nothing to plot (no trainable.safetensors, log.jsonl or predictions)")
         for path in written:
             print(path)
-    return status
+    return 0

@@ -30,10 +30,11 @@ def run_synth(args: argparse.Namespace) -> int:
     import shutil
     from pathlib import Path
 
+    from ..errors import InputError
     from ..synth import generate
 
     if not 0.0 < args.scale <= 1.0:
-        raise SystemExit(f"lowres-vision synth: --scale must be in (0, 1], got {args.scale}")
+        raise InputError(f"--scale must be in (0, 1], got {args.scale}")
     root = generate(args.out, seed=args.seed, tasks=args.tasks, scale=args.scale, workers=args.workers, overwrite=args.overwrite)
     print(f"synthetic LITE benchmark in {root}")
     for task in args.tasks:

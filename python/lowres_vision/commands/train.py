@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,24 +54,16 @@ def format_report(report: dict) -> str:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..config import ConfigError, config_from_args
-    from ..data import DatasetFormatError, ImageReadError
 
-    try:
-        cfg = config_from_args(args, args.config)
-        if args.analytic_only and not args.dry_run:
-            raise ConfigError("--analytic-only needs --dry-run")
-        from ..training import dry_run_report, train  # after the settings: their errors come fast
+    cfg = config_from_args(args, args.config)
+    if args.analytic_only and not args.dry_run:
+        raise ConfigError("--analytic-only needs --dry-run")
+    from ..training import dry_run_report, train  # after the settings: their errors come fast
 
-        if args.dry_run:
-            print(format_report(dry_run_report(cfg, build=not args.analytic_only)))
-            return 0
-        metrics = train(cfg)
-    except ConfigError as error:
-        print(f"lowres-vision train: error: {error}", file=sys.stderr)
-        return 2
-    except (DatasetFormatError, ImageReadError, FileNotFoundError) as error:
-        print(f"lowres-vision train: error: {error}", file=sys.stderr)
-        return 1
+    if args.dry_run:
+        print(format_report(dry_run_report(cfg, build=not args.analytic_only)))
+        return 0
+    metrics = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns the metrics; one prints them
         print(json.dumps(metrics, indent=2))
     return 0

@@ -82,32 +82,55 @@ def _duplicate_threshold(value: float | None) -> float | None:
     return value if value >= 0 else None
 
 
-def _open_core(args, vlm_encoder, device):
+def _checked_core_inputs(args):
+    """(CoREConfig, captions) from the flags, checked before any model is loaded; (None, None) for plain."""
+    from lowres_vision import core
+    from lowres_vision.errors import InputError
+
+    templates = [*(args.template or []), *([args.retrieval_template] if args.retrieval_template else [])]
+    try:
+        core.fill_templates(templates, ["class"])
+    except ValueError as error:
+        raise InputError(str(error)) from error
+    if args.method != "core":
+        return None, None
+    corpus = args.captions or core.default_captions_path()
+    try:
+        config = core.CoREConfig(
+            k=args.k, alpha=args.alpha, beta=args.beta, image_temperature=args.image_temperature,
+            text_temperature=args.text_temperature, formula=args.formula,
+            duplicate_threshold=_duplicate_threshold(args.duplicate_threshold),
+        )
+        captions = core.read_captions(corpus, column=args.caption_column)
+    except ValueError as error:  # the core checks name the setting; here it becomes a user error
+        raise InputError(str(error)) from error
+    if not captions:
+        raise InputError(f"--captions {corpus}: the caption corpus holds no captions")
+    return config, captions
+
+
+def _open_core(args, config, captions, vlm_encoder, device):
     from lowres_vision import core
 
     if args.text_encoder is None:
         text_encoder = core.default_text_encoder(device)
     else:
         text_encoder = core.HFTextEncoder(args.text_encoder, pooling=args.text_pooling, query_prefix=args.text_query_prefix, device=device)
-    corpus = args.captions or core.default_captions_path()
     index = core.build_caption_index(
-        core.read_captions(corpus, column=args.caption_column), args.index_dir or args.out / "caption_index",
+        captions, args.index_dir or args.out / "caption_index",
         vlm_encoder=vlm_encoder, text_encoder=text_encoder, batch_size=args.caption_batch_size, index_kind=args.index_kind,
-    )
-    config = core.CoREConfig(
-        k=args.k, alpha=args.alpha, beta=args.beta, image_temperature=args.image_temperature, text_temperature=args.text_temperature,
-        duplicate_threshold=_duplicate_threshold(args.duplicate_threshold), formula=args.formula,
     )
     return core.CoRE(index, vlm_encoder, text_encoder, config)
 
 
-def _classification(args, model, preprocess, vlm_encoder, device):
+def _classification(args, core_inputs, model, preprocess, vlm_encoder, device):
     import numpy as np
     import torch
 
     from lowres_vision import core, metrics
     from lowres_vision.core.figures import plot_retrieved_captions, plot_tuning_grid
     from lowres_vision.data import load_split
+    from lowres_vision.errors import InputError
 
     split = load_split(args.task, args.data_root, args.split)
     default_templates, default_retrieval_template = core.default_templates(args.task, args.prompt_style)
@@ -117,14 +140,14 @@ def _classification(args, model, preprocess, vlm_encoder, device):
     if args.method == "plain":
         logits = images @ core.zero_shot_weights(vlm_encoder, split.class_names, templates).T
     else:
-        method = _open_core(args, vlm_encoder, device)
+        method = _open_core(args, *core_inputs, vlm_encoder, device)
         classes = method.classes(split.class_names, templates, args.retrieval_template or default_retrieval_template)
         queries = method.queries(images)
         alpha, beta = args.alpha, args.beta
         if args.tune:
             train = load_split(args.task, args.data_root, "train")
             if tuple(train.class_names) != tuple(split.class_names):
-                raise ValueError("--tune: the train split's class names differ from those of the evaluated split")
+                raise InputError("--tune: the train split's class names differ from those of the evaluated split")
             tuning = core.tune_alpha_beta(
                 classes, method.queries(_embed_paths(model, train.paths, preprocess, args, device, "train images")), train.labels,
                 formula=args.formula,
@@ -152,7 +175,7 @@ def _classification(args, model, preprocess, vlm_encoder, device):
     return results
 
 
-def _retrieval(args, model, preprocess, vlm_encoder, device):
+def _retrieval(args, core_inputs, model, preprocess, vlm_encoder, device):
     import numpy as np
     import torch
 
@@ -166,7 +189,7 @@ def _retrieval(args, model, preprocess, vlm_encoder, device):
     gallery = _embed_paths(model, split.gallery_paths, preprocess, args, device, f"{args.split} gallery")
     results = {"method": args.method, "task": args.task, "split": args.split}
     if args.method == "core":
-        method = _open_core(args, vlm_encoder, device)
+        method = _open_core(args, *core_inputs, vlm_encoder, device)
         beta = args.beta
         if args.tune:
             train = load_split(args.task, args.data_root, "train")
@@ -202,9 +225,16 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     import torch
 
     from lowres_vision import core
+    from lowres_vision.config import check_device
     from lowres_vision.data import is_retrieval
+    from lowres_vision.errors import InputError
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--caption-batch-size", args.caption_batch_size, 1),
+                               ("--workers", args.workers, 0)):
+        if value < least:
+            raise InputError(f"{flag} must be >= {least}, got {value}")
+    device = torch.device(check_device(args.device))
+    core_inputs = _checked_core_inputs(args)
     if not args.tiny and args.pretrained is None:
         print("zeroshot: no --pretrained given, the model keeps its random initialisation (numbers are meaningless)")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -212,7 +242,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         args.model or core.DEFAULT_VLM, args.pretrained, tiny=args.tiny, seed=args.seed, device=device
     )
     evaluate = _retrieval if is_retrieval(args.task) else _classification
-    results = evaluate(args, model, preprocess, vlm_encoder, device)
+    results = evaluate(args, core_inputs, model, preprocess, vlm_encoder, device)
     (args.out / "metrics.json").write_text(json.dumps(results, indent=2))
     summary = {key: value for key, value in results.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
     print(json.dumps(summary))

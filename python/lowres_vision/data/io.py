@@ -8,10 +8,12 @@ from typing import Callable, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import InputError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(InputError):
     """A dataset file is missing or does not have the expected layout; `path` names it."""
 
     def __init__(self, path: Path | str, message: str) -> None:
@@ -19,7 +21,7 @@ class DatasetFormatError(ValueError):
         self.path = Path(path)
 
 
-class ImageReadError(OSError):
+class ImageReadError(InputError, OSError):
     """An image file could not be opened or decoded; `path` names it, the cause is chained."""
 
     def __init__(self, path: Path | str, reason: str) -> None:

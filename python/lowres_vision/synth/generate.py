@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..errors import InputError
 from . import circuits, drawings, maps
 from .plan import CIRCUIT_CLASSES, SPLITS, TASKS, circuit_plan, drawing_plan, map_plan
 
@@ -151,11 +152,11 @@ def generate(
 
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
-        raise ValueError(f"tasks: unknown {unknown}; expected a subset of {list(TASKS)}")
+        raise InputError(f"tasks: unknown {unknown}; expected a subset of {list(TASKS)}")
     if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        raise InputError(f"seed must be a non-negative int, got {seed!r}")
     if not 0.0 < scale <= 1.0:
-        raise ValueError(f"scale must be in (0, 1], got {scale}")
+        raise InputError(f"scale must be in (0, 1], got {scale}")
     root = Path(root) if root is not None else default_root(seed, scale)
     root.mkdir(parents=True, exist_ok=True)
     settings = {"version": GENERATOR_VERSION, "seed": seed, "scale": scale}

@@ -33,6 +33,8 @@ def init_distributed(cfg: TrainConfig) -> Distributed:
             raise RuntimeError("train: WORLD_SIZE > 1 on CUDA needs LOCAL_RANK (launch with torchrun)")
         index = int(local_rank) if local_rank is not None else dist.get_rank() % torch.cuda.device_count()
         device = torch.device("cuda", index)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # set_device needs an index
     if device.type == "cuda":
         torch.cuda.set_device(device)  # before NCCL initialises, so each rank binds its own GPU
     owns_group = world_size > 1 and not joined
