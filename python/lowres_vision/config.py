@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from .data import task_names
+from .data import is_retrieval, task_names
 from .errors import InputError
 
 
@@ -53,12 +53,15 @@ class TrainConfig:
     logit_scale: float = 80.0
     train_augment: bool = False
     seed: int = 0
-    # Generated-data augmentation (paper 000 Sec. 3.1); used when augment_manifest is set.
+    # Generated-data augmentation (the LITE paper, arXiv:2401.04716, Sec. 3.1); used when augment_manifest is set.
     augment_manifest: Optional[str] = None
     replace_prob: float = 0.3
     replaced_weight: float = 0.65
     breaking_loss_weight: float = 0.1
     bank_size: int = 100  # label-breaking features in the memory bank: the paper's N; the release's is 40 x 4 = 160
+    # GeNIe hard negatives (arXiv 2312.02548): the genie images of this manifest join the training set,
+    # labelled with their target class (classification tasks).
+    genie_manifest: Optional[str] = None
     # Run directory, hardware, bookkeeping.
     out: Optional[str] = None
     device: str = "auto"
@@ -99,6 +102,9 @@ class TrainConfig:
             raise ConfigError("resume needs out (the run directory holding checkpoint.safetensors)")
         if self.pretrained and self.checkpoint:
             raise ConfigError(f"give pretrained ({self.pretrained!r}) or checkpoint ({self.checkpoint!r}), not both")
+        if self.genie_manifest is not None and is_retrieval(self.task):
+            raise ConfigError(f"genie_manifest: GeNIe hard negatives are labelled with a class; task {self.task!r} "
+                              f"is a retrieval task")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -114,7 +114,8 @@ def _write_manifest(lite_root: Path, directory: Path) -> Path:
 
 
 def test_generated_data_training_resumes_exactly(lite_root, tmp_path):
-    settings = dict(augment_manifest=str(_write_manifest(lite_root, tmp_path)), replace_prob=0.5, bank_size=5,
+    settings = dict(augment_manifest=str(_write_manifest(lite_root, tmp_path)), replace_prob=0.5,
+                    genie_manifest=str(_write_genie_manifest(tmp_path)), bank_size=5,
                     checkpoint_every=2)
     train(_config(lite_root, tmp_path / "reference", **settings))
     with pytest.raises(Killed):
@@ -128,6 +129,90 @@ def test_generated_data_training_resumes_exactly(lite_root, tmp_path):
     train(without)
     plain = load_file(str(tmp_path / "plain" / "trainable.safetensors"))
     assert not torch.equal(plain["head.linear.weight"], expected["head.linear.weight"])  # the generated data took part
+
+
+GENIE_LABELS = [0, 1, 2, 0, 1]
+
+
+def _write_genie_manifest(directory: Path) -> Path:
+    """A toy GeNIe manifest: five hard negatives labelled with their target classes (class_3, class_7, class_10)."""
+    rng = np.random.default_rng(1)
+    names = ["class_3", "class_7", "class_10"]
+    entries = []
+    for index, label in enumerate(GENIE_LABELS):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(directory / f"genie{index}.png")
+        entries.append({"key": f"genie{index}", "path": f"genie{index}.png", "kind": "genie", "label": label,
+                        "label_name": names[label]})
+    manifest = directory / "genie.jsonl"
+    manifest.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    return manifest
+
+
+def _record_training_items(monkeypatch) -> list[tuple[int, tuple]]:
+    """Every (index, item) the training set hands out, in order."""
+    from lowres_vision.augment.hard_negatives import WithHardNegatives
+
+    seen, getitem = [], WithHardNegatives.__getitem__
+
+    def recording(self, index):
+        item = getitem(self, index)
+        seen.append((index, item))
+        return item
+
+    monkeypatch.setattr(WithHardNegatives, "__getitem__", recording)
+    return seen
+
+
+def test_genie_hard_negatives_join_the_training_set_and_are_counted(lite_root, tmp_path, monkeypatch):
+    seen = _record_training_items(monkeypatch)
+    cfg = _config(lite_root, tmp_path / "run", genie_manifest=str(_write_genie_manifest(tmp_path)))
+    train(cfg)
+    # 12 training images + 5 hard negatives, each drawn once per epoch: 17 items, ceil(17 / 4) = 5 steps.
+    assert len(seen) == 2 * 17
+    for epoch in range(2):
+        items = seen[17 * epoch:17 * (epoch + 1)]
+        assert sorted(index for index, _ in items) == list(range(17))
+        genie = sorted((index, item[1]) for index, item in items if index >= 12)
+        assert genie == [(12 + negative, label) for negative, label in enumerate(GENIE_LABELS)]  # the target labels
+    epochs = [record for record in _log(tmp_path / "run") if record["event"] == "epoch"]
+    counts = {"original": 12, "preserving": 0, "genie": 5, "breaking_pairs": 0}
+    assert [record["samples"] for record in epochs] == [counts] * 2
+    assert [record["step"] for record in epochs] == [5, 10]
+
+
+def test_every_kind_of_generated_sample_is_counted_as_seen(lite_root, tmp_path, monkeypatch):
+    seen = _record_training_items(monkeypatch)
+    cfg = _config(lite_root, tmp_path / "run", augment_manifest=str(_write_manifest(lite_root, tmp_path)),
+                  replace_prob=0.5, bank_size=4, genie_manifest=str(_write_genie_manifest(tmp_path)))
+    train(cfg)
+    epochs = [record for record in _log(tmp_path / "run") if record["event"] == "epoch"]
+    for epoch, record in enumerate(epochs):
+        items = seen[17 * epoch:17 * (epoch + 1)]
+        weights = [round(float(item[2]), 6) for index, item in items if index < 12]
+        expected = {"original": weights.count(1.0), "preserving": weights.count(0.65),
+                    "genie": sum(index >= 12 for index, _ in items),
+                    "breaking_pairs": 5 * 3}  # 5 steps, each with a batch of the 3 (label-breaking, partner) pairs
+        assert record["samples"] == expected
+        assert expected["genie"] == 5 and expected["original"] + expected["preserving"] == 12
+    assert sum(record["samples"]["preserving"] for record in epochs) > 0
+    assert all(float(item[2]) == 1.0 for index, item in seen if index >= 12)  # a hard negative counts fully
+
+
+def test_genie_manifest_errors_name_the_setting(lite_root, tmp_path):
+    from lowres_vision.config import ConfigError
+    from lowres_vision.data import DatasetFormatError
+
+    manifest = _write_genie_manifest(tmp_path)
+    with pytest.raises(ConfigError, match="genie_manifest.*retrieval"):
+        _config(lite_root, tmp_path / "run", task="historic-maps", genie_manifest=str(manifest)).validate()
+    entries = [json.loads(line) for line in manifest.read_text().splitlines()]
+    entries[1]["label_name"] = "class_10"
+    (tmp_path / "other.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    with pytest.raises(DatasetFormatError, match="labelled 'class_10' but class 1 of this task is 'class_7'"):
+        train(_config(lite_root, tmp_path / "run", genie_manifest=str(tmp_path / "other.jsonl")))
+    (tmp_path / "none.jsonl").write_text("")
+    with pytest.raises(DatasetFormatError, match="no GeNIe images"):
+        train(_config(lite_root, tmp_path / "run", genie_manifest=str(tmp_path / "none.jsonl")))
 
 
 def test_resume_refuses_a_different_batch_size(lite_root, tmp_path):

@@ -1,4 +1,5 @@
-"""Datasets that feed the generated images to training (paper 000 Sec. 3.1, the release's values).
+"""Datasets that feed the generated images to training (the LITE paper, arXiv:2401.04716, Sec. 3.1;
+the release's values).
 
 `AugmentedDataset` replaces an original image by one of its label-preserving images with
 probability 0.3 and then weights its task loss by 0.65; `BreakingPairs` gives the (label-breaking
@@ -66,6 +67,10 @@ class AugmentedDataset(Dataset):
         if not replaced or not choices:
             return None
         return choices[int(rng.integers(len(choices)))]
+
+    def sample_kind(self, index: int) -> str:
+        """"preserving" if item `index` is replaced this epoch, else "original"."""
+        return "original" if self.replacement(index) is None else "preserving"
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
         replacement = self.replacement(index)

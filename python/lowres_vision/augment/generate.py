@@ -1,6 +1,6 @@
 """Planning and running the generative augmentations: batched, cached, resumable, shardable.
 
-Per source image, m of each requested kind (paper 000 Sec. 3.1, paper 003):
+Per source image, m of each requested kind (the LITE paper, arXiv:2401.04716, Sec. 3.1; GeNIe, arXiv:2312.02548):
     preserving  img2img at strength γ (0.3) with the source's prompt, keeps the label
     breaking    img2img at strength τ (0.6), label unknown; used in the contrastive loss
     partner     its label-breaking image re-augmented at γ: the positive of that image
@@ -245,7 +245,8 @@ def _plan_first_pass(sources: Sequence[Source], cfg: AugmentConfig, class_names:
                     Job(kind="genie", sampler="genie", source=source, input_path=source.path,
                         input_sha256=source.sha256, prompt=cfg.genie_prompt_template.format(name=class_names[target]),
                         strength=ratio, index=index, seed=derive_seed(cfg.seed, "genie", source.sha256, index),
-                        label=target, record=not cfg.genie_adaptive, extra={"noise_ratio": ratio})
+                        label=target, record=not cfg.genie_adaptive,
+                        extra={"noise_ratio": ratio, "label_name": class_names[target]})
                     for ratio in ratios
                 ]
                 jobs.extend(group)

@@ -1,4 +1,4 @@
-"""GeNIe hard negatives (paper 003) and GeNIe-Ada's per-image choice of the noise ratio."""
+"""GeNIe hard negatives (GeNIe, arXiv:2312.02548) and GeNIe-Ada's per-image choice of the noise ratio."""
 
 from __future__ import annotations
 

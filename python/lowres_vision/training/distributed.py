@@ -62,6 +62,13 @@ class ResumableDistributedSampler(DistributedSampler):
     def __len__(self) -> int:
         return self.num_samples - self.start_index
 
+def sum_over_ranks(values: list[int], device: torch.device, world_size: int) -> list[int]:
+    if world_size == 1:
+        return values
+    total = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return total.tolist()
+
 def mean_over_ranks(value: torch.Tensor, world_size: int) -> float:
     if world_size > 1:
         value = value.clone()

@@ -33,7 +33,18 @@ def train_dataset(cfg: TrainConfig, transform) -> torch.utils.data.Dataset:
 
         dataset = AugmentedDataset(dataset, cfg.augment_manifest, replace_prob=cfg.replace_prob,
                                    replaced_weight=cfg.replaced_weight, seed=cfg.seed)
+    if cfg.genie_manifest is not None:
+        from ..augment.hard_negatives import WithHardNegatives
+
+        dataset = WithHardNegatives(dataset, cfg.genie_manifest, split.class_names,
+                                    weighted=cfg.augment_manifest is not None)
     return dataset
+
+def sample_kinds(dataset, indices) -> list[str]:
+    """The kind of each of the training samples `indices` (original, preserving or genie), as `dataset` says."""
+    if not hasattr(dataset, "sample_kind"):
+        return ["original"] * len(indices)
+    return [dataset.sample_kind(index) for index in indices]
 
 def breaking_pair_batches(cfg: TrainConfig, transform, context: Distributed, start_step: int):
     """An endless iterator of (label-breaking, partner) image batches, batch s at optimizer step s.

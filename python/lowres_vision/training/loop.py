@@ -15,11 +15,11 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, TrainConfig
 from ..data import EpochSeededDataset, is_retrieval
-from .distributed import Distributed, ResumableDistributedSampler, init_distributed, mean_over_ranks
+from .distributed import Distributed, ResumableDistributedSampler, init_distributed, mean_over_ranks, sum_over_ranks
 from .evaluation import autocast, evaluate_split
-from .inputs import breaking_pair_batches, task_class_names, train_dataset, transforms
+from .inputs import breaking_pair_batches, sample_kinds, task_class_names, train_dataset, transforms
 from .model import build_model, tower_width
-from .run_directory import Progress, append_log, load_checkpoint, save_checkpoint, save_tensors, truncate_log, write_json, write_results
+from .run_directory import SAMPLE_KINDS, Progress, append_log, load_checkpoint, save_checkpoint, save_tensors, truncate_log, write_json, write_results
 
 StepHook = Callable[[int, nn.Module], None]  # (global step, the model being trained)
 
@@ -93,7 +93,8 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
     if not parameters:
         raise ValueError("train: nothing to train; set tokenization, domain_attention or adapter, or linear_probe")
     train_tf, eval_tf = transforms(preprocess, cfg.train_augment)
-    dataset = EpochSeededDataset(train_dataset(cfg, train_tf), cfg.seed)
+    train_set = train_dataset(cfg, train_tf)
+    dataset = EpochSeededDataset(train_set, cfg.seed)
     sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=context.rank, seed=cfg.seed)
     optimizer = torch.optim.Adam(parameters, lr=cfg.lr)
     breaking_loss = None
@@ -128,12 +129,17 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
     for epoch in range(progress.epoch, cfg.epochs):
         sampler.set_position(epoch, progress.step_in_epoch * cfg.batch_size)
         dataset.set_epoch(epoch)
+        kinds = sample_kinds(train_set, list(sampler))  # of this rank's samples, in the loader's order
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                             pin_memory=device.type == "cuda")
         with tqdm(loader, total=steps_per_epoch, initial=progress.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                   disable=not context.is_main, dynamic_ncols=True) as bar:
-            for batch in bar:
+            for batch_index, batch in enumerate(bar):
                 pairs = None if pair_batches is None else next(pair_batches)
+                seen = kinds[batch_index * cfg.batch_size:(batch_index + 1) * cfg.batch_size]
+                counts = [seen.count(kind) for kind in SAMPLE_KINDS[:-1]] + [0 if pairs is None else len(pairs[0])]
+                for kind, count in zip(SAMPLE_KINDS, sum_over_ranks(counts, device, world_size)):
+                    progress.epoch_samples[kind] += count
                 loss = step_loss(forward, batch, pairs, breaking_loss, cfg, device)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -153,8 +159,9 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
                 if on_step is not None:
                     on_step(progress.global_step, model)
         record = {"event": "epoch", "epoch": epoch, "step": progress.global_step,
-                  "loss": progress.epoch_loss_sum / max(progress.step_in_epoch, 1), "time": time.time()}
-        progress = Progress(epoch + 1, 0, progress.global_step, 0.0)
+                  "loss": progress.epoch_loss_sum / max(progress.step_in_epoch, 1), "samples": progress.epoch_samples,
+                  "time": time.time()}
+        progress = Progress(epoch + 1, 0, progress.global_step)
         if context.is_main:
             if validate and (epoch + 1) % cfg.eval_every == 0:
                 metrics, _ = evaluate_split(model, cfg, "val", eval_tf, device)

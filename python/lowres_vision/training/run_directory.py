@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-CHECKPOINT_FORMAT = 2  # 2: the memory bank is one tensor of features (1: a list of batches)
+# 3: the epoch's sample counts; 2: the memory bank is one tensor of features (1: a list of batches)
+CHECKPOINT_FORMAT = 3
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Writes through `write(tmp)` then renames over `path`: readers see the old file or the new, never half."""
@@ -60,6 +61,10 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
+# What an epoch's log record counts: task samples as drawn (original, replaced by a label-preserving
+# image, GeNIe hard negative) and the (label-breaking, partner) pairs of the contrastive loss.
+SAMPLE_KINDS = ("original", "preserving", "genie", "breaking_pairs")
+
 @dataclass
 class Progress:
     """Where training stands: what a checkpoint records besides tensors."""
@@ -68,6 +73,8 @@ class Progress:
     step_in_epoch: int = 0  # optimizer steps already taken in `epoch`
     global_step: int = 0
     epoch_loss_sum: float = 0.0  # over the steps already taken in `epoch`, for its mean in log.jsonl
+    # Samples of each kind those steps used, summed over ranks, for log.jsonl.
+    epoch_samples: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SAMPLE_KINDS, 0))
 
 def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, breaking_loss: Optional[nn.Module],
                      progress: Progress, batch_size: int, world_size: int, seed: int) -> None:
@@ -139,7 +146,8 @@ def load_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimize
             raise ValueError(f"resume: {path} holds no memory bank: it was written by a run without augment_manifest")
         breaking_loss.load_bank(tensors["breaking_loss.bank"].to(next(model.parameters()).device))
     set_rng_state(tensors, state["rng"])
-    return Progress(state["epoch"], state["step_in_epoch"], state["global_step"], state["epoch_loss_sum"])
+    return Progress(state["epoch"], state["step_in_epoch"], state["global_step"], state["epoch_loss_sum"],
+                    state["epoch_samples"])
 
 def truncate_log(path: Path, global_step: int) -> None:
     """Drops log lines written after the checkpoint being resumed: those steps are run again."""
