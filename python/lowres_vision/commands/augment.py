@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 
 def register(subparsers) -> None:
@@ -97,19 +96,15 @@ def run(args) -> int:
 
         # Only a CPU barrier before the merge is needed (gloo); ranks may finish hours apart.
         dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
-    try:
-        cfg = AugmentConfig(
-            modes=args.modes, m=args.m, steps=args.steps, resolution=args.resolution or (64 if args.tiny else 512),
-            preserve_strength=args.preserve_strength, break_strength=args.break_strength,
-            guidance_scale=args.guidance_scale, resize=args.resize,
-            prompt_template=args.prompt or task_spec(args.task).augment_prompt,
-            genie_prompt_template=args.genie_prompt, genie_ratio=args.genie_ratio, genie_adaptive=args.genie_ada,
-            genie_guidance_scale=args.genie_guidance_scale, genie_resize=args.genie_resize,
-            genie_schedule=args.genie_schedule, batch_size=args.batch_size, seed=args.seed,
-        )
-    except ValueError as error:
-        print(f"lowres-vision augment: error: {error}", file=sys.stderr)
-        return 2
+    cfg = AugmentConfig(
+        modes=args.modes, m=args.m, steps=args.steps, resolution=args.resolution or (64 if args.tiny else 512),
+        preserve_strength=args.preserve_strength, break_strength=args.break_strength,
+        guidance_scale=args.guidance_scale, resize=args.resize,
+        prompt_template=args.prompt or task_spec(args.task).augment_prompt,
+        genie_prompt_template=args.genie_prompt, genie_ratio=args.genie_ratio, genie_adaptive=args.genie_ada,
+        genie_guidance_scale=args.genie_guidance_scale, genie_resize=args.genie_resize,
+        genie_schedule=args.genie_schedule, batch_size=args.batch_size, seed=args.seed,
+    )
     sources, class_names = _sources(args)
     if args.tiny:
         model_id, pipe = TINY_MODEL, build_tiny_img2img_pipeline(device=device, dtype=args.dtype)
