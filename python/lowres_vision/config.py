@@ -5,6 +5,12 @@
 
 The baseline options (`tokenization`, `domain_attention`, `adapter`) are the keyword dicts of
 `lowres_vision.inject` (None = not used, {} = the defaults).
+
+`linear_probe` trains nothing in the backbone: "logreg" (the authors' release) fits a logistic
+regression (C = 0.316, max_iter 1000) on the frozen class tokens of a classification task, "head"
+trains the task head with Adam for `epochs`. Retrieval tasks have no classes to regress: their linear
+probe is "head", the embedding head (LayerNorm and projection) trained with the contrastive loss.
+Config files written when it was a bool still load: true meant the trained head ("head"), false None.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import difflib
 import json
 import os
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -24,6 +30,7 @@ from .errors import InputError
 
 
 BASELINES = ("tokenization", "domain_attention", "adapter")  # the injections of lowres_vision.inject
+LINEAR_PROBES = ("logreg", "head")
 
 
 class ConfigError(InputError):
@@ -41,11 +48,11 @@ class TrainConfig:
     checkpoint: Optional[str] = None
     tiny: bool = False
     image_size: int = 224
-    # Baselines (kwargs of lowres_vision.inject); linear_probe trains the head alone.
+    # Baselines (kwargs of lowres_vision.inject); linear_probe ("logreg" or "head") fits or trains the head alone.
     tokenization: Optional[dict] = None
     domain_attention: Optional[dict] = None
     adapter: Optional[dict] = None
-    linear_probe: bool = False
+    linear_probe: Optional[str] = field(default=None, metadata={"flag_alone": "logreg"})
     # Optimisation (the paper: Adam, lr 1e-3, batch 8, 90 epochs).
     epochs: int = 90
     batch_size: int = 8
@@ -75,6 +82,8 @@ class TrainConfig:
     resume: bool = False
 
     def validate(self) -> "TrainConfig":
+        if isinstance(self.linear_probe, bool):  # the old bool setting: true trained the head
+            self.linear_probe = "head" if self.linear_probe else None
         _check_types(self)
         if self.task not in task_names():
             raise ConfigError(f"task must be one of {task_names()}, got {self.task!r}")
@@ -96,8 +105,12 @@ class TrainConfig:
         if self.device != "auto" and not (self.device == "cpu" or self.device.split(":")[0] == "cuda"):
             raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         baselines = [name for name in BASELINES if getattr(self, name) is not None]
+        if self.linear_probe is not None and self.linear_probe not in LINEAR_PROBES:
+            raise ConfigError(f"linear_probe must be one of {LINEAR_PROBES} or none, got {self.linear_probe!r}")
         if self.linear_probe and baselines:
             raise ConfigError(f"linear_probe trains the head alone; it cannot be combined with {', '.join(baselines)}")
+        if self.linear_probe == "logreg":
+            _check_logistic_regression_probe(self)
         if self.resume and not self.out:
             raise ConfigError("resume needs out (the run directory holding checkpoint.safetensors)")
         if self.pretrained and self.checkpoint:
@@ -133,6 +146,17 @@ def check_device(device: Optional[str]) -> str:
     elif parsed.type != "cpu":
         raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     return device
+
+
+def _check_logistic_regression_probe(cfg: TrainConfig) -> None:
+    if is_retrieval(cfg.task):
+        raise ConfigError(f"linear_probe='logreg' fits a classifier and needs class labels; {cfg.task} is a retrieval "
+                          "task: use linear_probe='head' (the embedding head trained with the contrastive loss)")
+    # The regression is fitted once on the train split's images as evaluated.
+    unused = [name for name in ("augment_manifest", "genie_manifest", "train_augment", "resume") if getattr(cfg, name)]
+    if unused:
+        raise ConfigError(f"linear_probe='logreg' is fitted once on the unaugmented train images; {', '.join(unused)} "
+                          "does not apply (use linear_probe='head' to train with it)")
 
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
@@ -217,7 +241,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--flag` per TrainConfig field (`data_root` -> `--data-root`), all defaulting to "not given".
 
     Dict settings take a JSON object (`--tokenization '{"pool": "avg"}'`, `'{}'` for the defaults)
-    or `none`; booleans have `--flag/--no-flag`.
+    or `none`; booleans have `--flag/--no-flag`; a field whose metadata has "flag_alone" takes that
+    value from its flag given without one (`--linear-probe` is `--linear-probe logreg`).
     """
     hints = typing.get_type_hints(TrainConfig)
     group = parser.add_argument_group("settings (override the config file; see lowres_vision.config.TrainConfig)")
@@ -232,6 +257,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         elif kind is dict:
             group.add_argument(flag, dest=spec.name, type=_parse_options, default=None, metavar="JSON",
                                help=f"JSON object of options, or 'none' ({shown})")
+        elif "flag_alone" in spec.metadata:
+            group.add_argument(flag, dest=spec.name, type=kind, default=None, nargs="?", const=spec.metadata["flag_alone"],
+                               metavar=kind.__name__.upper(), help=f"{shown}; the flag alone: {spec.metadata['flag_alone']}")
         else:
             group.add_argument(flag, dest=spec.name, type=kind, default=None, metavar=kind.__name__.upper(), help=shown)
 

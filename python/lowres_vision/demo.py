@@ -25,12 +25,23 @@ from .synth.plan import TASKS
 # Paper 000, Table 4 / 6 rows (the "combination of baselines" here is without generated data).
 ADAPTER = {"kind": "adaptformer"}
 CONFIGURATIONS: dict[str, dict] = {
-    "Linear probe": {"linear_probe": True},
+    "Linear probe": {"linear_probe": "logreg"},  # "head" on the retrieval tasks (see configuration)
     "AdaptFormer": {"adapter": ADAPTER},
     "+ Tokenization": {"adapter": ADAPTER, "tokenization": {}},
     "+ Domain attention": {"adapter": ADAPTER, "domain_attention": {}},
     "+ All": {"adapter": ADAPTER, "tokenization": {}, "domain_attention": {}},
 }
+
+def configuration(name: str, task: str) -> dict:
+    """The TrainConfig settings of configuration `name` on `task`. Logistic regression needs classes:
+    on the retrieval tasks the linear probe trains the embedding head instead."""
+    from .data import is_retrieval
+
+    settings = dict(CONFIGURATIONS[name])
+    if settings.get("linear_probe") == "logreg" and is_retrieval(task):
+        settings["linear_probe"] = "head"
+    return settings
+
 
 # The columns of the paper's results tables: (task, metric key in metrics.json, header, decimals).
 TABLE_COLUMNS = (
@@ -156,7 +167,7 @@ def _run_demo(settings: DemoSettings) -> dict:
                 checkpoint=settings.checkpoint, tiny=settings.tiny, image_size=settings.image_size,
                 epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
                 out=str(run_dir), device=settings.device, eval_every=settings.epochs,
-                **CONFIGURATIONS[name], **settings.extra,
+                **configuration(name, task), **settings.extra,
             )
             run_started = time.time()
             results[name][task] = train(cfg)

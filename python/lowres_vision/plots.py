@@ -280,7 +280,8 @@ def plot_run(run: PathLike, out: Optional[PathLike] = None) -> list[Path]:
             elif name.endswith(".logits") and value.ndim == 1 and math.isqrt(value.size) ** 2 == value.size and value.size > 1:
                 written.append(plot_subkernel_weights(value, out / f"subkernel_weights_{stem}.png", title=f"{prefix}: sub-kernel weights"))
     log_path = run / "log.jsonl"
-    if log_path.is_file() and log_path.stat().st_size > 0:
+    # A logistic-regression probe is fitted, not trained: its log holds no loss to draw.
+    if log_path.is_file() and any("loss" in record for record in read_log(log_path)):
         written.append(plot_training_curves(log_path, out / "training_curves.png"))
     predictions_path = run / "predictions.npz"
     if predictions_path.is_file():

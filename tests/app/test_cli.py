@@ -128,3 +128,13 @@ def test_config_files_and_disabling_a_baseline(tmp_path):
         load_config(None, {**settings, "epochs": "3"})
     with pytest.raises(ConfigError, match="linear_probe trains the head alone; it cannot be combined with tokenization"):
         load_config(None, {**settings, "linear_probe": True})
+    # linear_probe was a bool: true trained the head, and still does; false is none.
+    assert load_config(None, {"task": "circuits", "data_root": "LITE", "linear_probe": True}).linear_probe == "head"
+    assert load_config(None, {"task": "circuits", "data_root": "LITE", "linear_probe": False}).linear_probe is None
+    assert load_config(None, {"task": "circuits", "data_root": "LITE", "linear_probe": "none"}).linear_probe is None
+    with pytest.raises(ConfigError, match=r"linear_probe must be one of \('logreg', 'head'\) or none, got 'svm'"):
+        load_config(None, {"task": "circuits", "data_root": "LITE", "linear_probe": "svm"})
+    with pytest.raises(ConfigError, match="historic-maps is a retrieval task: use linear_probe='head'"):
+        load_config(None, {"task": "historic-maps", "data_root": "LITE", "linear_probe": "logreg"})
+    with pytest.raises(ConfigError, match="augment_manifest does not apply"):
+        load_config(None, {"task": "circuits", "data_root": "LITE", "linear_probe": "logreg", "augment_manifest": "m.json"})

@@ -55,10 +55,12 @@ def test_demo_command_runs_one_configuration_and_writes_table_and_plots(data_roo
     top1 = report["results"]["Linear probe"]["circuits"]["top1"]
     assert f"| Linear probe | {top1:.1f} |" in table
     assert (out / "results.png").stat().st_size > 0
-    assert sorted(p.name for p in (run / "plots").iterdir()) == ["confusion_matrix.png", "training_curves.png"]
+    # The linear probe is the release's logistic regression: fitted once, no loss curve to draw.
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["confusion_matrix.png"]
+    assert [json.loads(line)["event"] for line in (run / "log.jsonl").read_text().splitlines()] == ["fit"]
     # `plot` regenerates the figures of a run into another folder.
     assert main(["plot", str(run), "--out", str(tmp_path / "again")]) == 0
-    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["confusion_matrix.png", "training_curves.png"]
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["confusion_matrix.png"]
 
 
 def test_demo_all_baselines_on_retrieval(data_root, tmp_path):

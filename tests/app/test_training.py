@@ -245,7 +245,7 @@ def test_retrieval_training_and_metrics(lite_root, tmp_path):
     assert metrics["R@1"] == pytest.approx(100 * np.mean(ranks == 1))
     assert metrics["mean_rank"] == pytest.approx(ranks.mean())
 
-    drawings = _config(lite_root, tmp_path / "drawings", task="mechanical-drawing", epochs=1, tokenization=None, linear_probe=True)
+    drawings = _config(lite_root, tmp_path / "drawings", task="mechanical-drawing", epochs=1, tokenization=None, linear_probe="head")
     metrics = train(drawings)
     for name in ("R@1", "R@5", "mean_rank"):
         assert metrics[name] == pytest.approx((metrics[f"query_to_gallery/{name}"] + metrics[f"gallery_to_query/{name}"]) / 2)
@@ -255,6 +255,75 @@ def test_retrieval_training_and_metrics(lite_root, tmp_path):
     assert metrics["gallery_to_query/mean_rank"] == pytest.approx(backward.mean())
     assert set(load_file(str(Path(drawings.out) / "trainable.safetensors"))) == {
         "head.norm.weight", "head.norm.bias", "head.projection.weight"}
+
+
+def test_logistic_regression_fit_is_sklearns_with_the_releases_settings(monkeypatch):
+    import sklearn.linear_model
+    from sklearn.linear_model import LogisticRegression
+
+    from lowres_vision.training.linear_probe import fit_logistic_regression
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 3, 3, 3])  # class 2 has no training image
+    features = torch.randn(9, 5, generator=generator) + 2 * torch.nn.functional.one_hot(labels, 5)
+    test = torch.randn(20, 5, generator=generator)
+    passed = {}
+
+    class Recording(LogisticRegression):
+        def __init__(self, **options):
+            passed.update(options)
+            super().__init__(**options)
+
+    monkeypatch.setattr(sklearn.linear_model, "LogisticRegression", Recording)
+    weight, bias, _ = fit_logistic_regression(features, labels, 4)
+    assert passed == {"C": 0.316, "max_iter": 1000, "random_state": 0}
+    reference = LogisticRegression(C=0.316, max_iter=1000, random_state=0).fit(features.double().numpy(), labels.numpy())
+    scores = test.double() @ weight.T + bias
+    torch.testing.assert_close(scores[:, [0, 1, 3]], torch.from_numpy(reference.decision_function(test.double().numpy())))
+    assert scores.argmax(1).tolist() == reference.predict(test.double().numpy()).tolist()
+    assert bias[2] == float("-inf") and not weight[2].any()
+    # C reaches the solver: a weaker penalty gives larger coefficients.
+    assert weight.abs().sum() < fit_logistic_regression(features, labels, 4, C=100.0)[0].abs().sum()
+
+    binary = labels.clamp(max=1)  # two classes: sklearn fits one score; softmax of the two rows is predict_proba
+    weight, bias, _ = fit_logistic_regression(features, binary, 2)
+    reference = LogisticRegression(C=0.316, max_iter=1000, random_state=0).fit(features.double().numpy(), binary.numpy())
+    torch.testing.assert_close(torch.softmax(test.double() @ weight.T + bias, 1),
+                               torch.from_numpy(reference.predict_proba(test.double().numpy())))
+
+
+def test_logistic_regression_probe_run_predicts_as_sklearn_on_the_frozen_class_tokens(lite_root, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    from lowres_vision.data import ClassificationDataset, load_split
+    from lowres_vision.training.inputs import transforms
+    from lowres_vision.training.model import build_model
+
+    cfg = _config(lite_root, tmp_path / "probe", tokenization=None, linear_probe="logreg")
+    metrics = train(cfg)
+    run = Path(cfg.out)
+    assert set(load_file(str(run / "trainable.safetensors"))) == {"head.linear.weight", "head.linear.bias"}
+    assert [record["event"] for record in _log(run)] == ["fit"]  # fitted once, no optimizer steps or epochs
+    assert _log(run)[0]["train_samples"] == 12
+
+    # The features written out independently: the frozen tower's last-block class token, layer-normed.
+    model, preprocess = build_model(cfg, 3)
+    _, eval_tf = transforms(preprocess, augment=False)
+
+    def features(split_name):
+        split = load_split("circuits", str(lite_root), split_name)
+        images = torch.stack([ClassificationDataset(split, eval_tf)[i][0] for i in range(len(split.labels))])
+        with torch.no_grad():
+            tokens = model.eval().forward_tokens(images)[:, 0]
+        return torch.nn.functional.layer_norm(tokens, (64,)).double().numpy(), np.array(split.labels)
+
+    reference = LogisticRegression(C=0.316, max_iter=1000, random_state=0).fit(*features("train"))
+    test_features, test_labels = features("test")
+    logits = np.load(run / "predictions.npz")["logits"]
+    np.testing.assert_allclose(logits, reference.decision_function(test_features), rtol=1e-4, atol=1e-4)
+    assert logits.argmax(1).tolist() == reference.predict(test_features).tolist()
+    assert metrics["top1"] == pytest.approx(100 * np.mean(reference.predict(test_features) == test_labels))
+    assert evaluate(cfg) == metrics
 
 
 def test_nothing_to_train_and_missing_run_are_clear_errors(lite_root, tmp_path):

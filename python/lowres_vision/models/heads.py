@@ -20,17 +20,26 @@ def _class_token(tokens: torch.Tensor, head: str) -> torch.Tensor:
 
 
 class ClassificationHead(nn.Module):
-    """LayerNorm -> class token -> Linear without bias (the release's head): tokens [B, N, D] -> logits [B, K]."""
+    """LayerNorm -> class token -> Linear: tokens [B, N, D] -> logits [B, K].
 
-    def __init__(self, width: int, num_classes: int) -> None:
+    The defaults are the release's trained head (a learned LayerNorm, a Linear without bias). The
+    logistic-regression linear probe uses `norm_affine=False, bias=True`: the Linear then holds the
+    fitted coefficients and intercepts over exactly the `features` it was fitted on.
+    """
+
+    def __init__(self, width: int, num_classes: int, *, bias: bool = False, norm_affine: bool = True) -> None:
         super().__init__()
         if width <= 0 or num_classes <= 0:
             raise ValueError(f"ClassificationHead: width and num_classes must be positive, got {width}, {num_classes}")
-        self.norm = nn.LayerNorm(width)
-        self.linear = nn.Linear(width, num_classes, bias=False)
+        self.norm = nn.LayerNorm(width, elementwise_affine=norm_affine)
+        self.linear = nn.Linear(width, num_classes, bias=bias)
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """What the Linear reads: the layer-normed class token [B, D]."""
+        return self.norm(_class_token(tokens, "ClassificationHead"))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.norm(_class_token(tokens, "ClassificationHead")))
+        return self.linear(self.features(tokens))
 
 
 class EmbeddingHead(nn.Module):

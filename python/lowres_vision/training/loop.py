@@ -125,8 +125,16 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
         forward = nn.parallel.DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
     steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
     validate = cfg.eval_every > 0 and split_exists(cfg.task, cfg.data_root, "val")
+    epochs = cfg.epochs
+    if cfg.linear_probe == "logreg":  # the release's probe is fitted once, on frozen features: no epochs
+        from .linear_probe import fit_linear_probe
+
+        fitted = fit_linear_probe(model, cfg, eval_tf, device)
+        if context.is_main:
+            append_log(run, {"event": "fit", "linear_probe": "logreg", **fitted, "time": time.time()})
+        epochs = 0
     model.train()
-    for epoch in range(progress.epoch, cfg.epochs):
+    for epoch in range(progress.epoch, epochs):
         sampler.set_position(epoch, progress.step_in_epoch * cfg.batch_size)
         dataset.set_epoch(epoch)
         kinds = sample_kinds(train_set, list(sampler))  # of this rank's samples, in the loader's order

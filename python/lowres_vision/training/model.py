@@ -35,11 +35,13 @@ def build_model(cfg: TrainConfig, num_classes: Optional[int]) -> tuple[nn.Module
     except ValueError as error:  # options that do not fit this backbone (say, sub=7 with 16-pixel patches)
         raise ConfigError(f"{cfg.backbone}: {error}") from error
     if num_classes is not None:
-        head = ClassificationHead(tower_width(visual), num_classes)
+        # The logistic-regression probe's head holds sklearn's coefficients and intercepts (training/linear_probe.py).
+        logreg = cfg.linear_probe == "logreg"
+        head = ClassificationHead(tower_width(visual), num_classes, bias=logreg, norm_affine=not logreg)
     else:
         try:
             head = EmbeddingHead.from_visual(visual)
         except ValueError:  # a tower without an open_clip final norm/projection (timm)
             head = EmbeddingHead(tower_width(visual))
-        head.requires_grad_(cfg.linear_probe)
+        head.requires_grad_(cfg.linear_probe is not None)
     return LowresModel(visual, head), preprocess
