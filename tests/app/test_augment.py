@@ -352,7 +352,8 @@ def test_genie_ada_lists_the_candidate_after_the_largest_jump(pipe, sources, tmp
         assert entry["path"].endswith(augmenter.key(chosen) + ".png")  # the fixed-r GeNIe image at r*
 
 
-def test_augmented_dataset_replacement_rate_and_weights(tmp_path):
+@pytest.mark.parametrize("replace_prob", [0.0, 0.3, 0.8, 1.0])
+def test_augmented_dataset_replacement_rate_and_weights(tmp_path, replace_prob):
     colours = [10, 60, 110, 160]
     paths = [tmp_path / f"src{index}.png" for index in range(4)]
     for path, colour in zip(paths, colours):
@@ -385,7 +386,7 @@ def test_augmented_dataset_replacement_rate_and_weights(tmp_path):
             with Image.open(self.paths[index]) as image:
                 return self.transform(image.convert("RGB")), index
 
-    dataset = AugmentedDataset(Base(), tmp_path / "manifest.jsonl")
+    dataset = AugmentedDataset(Base(), tmp_path / "manifest.jsonl", replace_prob=replace_prob)
     replaced = []
     for epoch in range(200):
         dataset.set_epoch(epoch)
@@ -400,10 +401,71 @@ def test_augmented_dataset_replacement_rate_and_weights(tmp_path):
                 replaced.append(is_replaced)
             else:
                 assert not is_replaced
-    assert abs(np.mean(replaced) - 0.3) < 0.06  # 600 draws: 3 standard deviations
+    assert abs(np.mean(replaced) - replace_prob) < 0.06  # 600 draws: 3 standard deviations at most
     dataset.set_epoch(7)
     assert [dataset.replacement(i) for i in range(4)] == [dataset.replacement(i) for i in range(4)]
     assert AugmentedDataset(Base(), tmp_path / "manifest.jsonl", replace_prob=0.0).replacement(0) is None
+
+
+def _grey_pairs(directory: Path, count: int) -> list[tuple[Path, Path]]:
+    """(query, gallery) image pairs of solid greys: query i is 10 + i, gallery image i is 50 + i."""
+    pairs = []
+    for index in range(count):
+        pair = (directory / f"q{index}.png", directory / f"g{index}.png")
+        for path, grey in zip(pair, (10 + index, 50 + index)):
+            Image.new("RGB", (4, 4), (grey,) * 3).save(path)
+        pairs.append(pair)
+    return pairs
+
+
+def _preserving_manifest(directory: Path, sources: list[Path]) -> Path:
+    """Two label-preserving images (greys 100 + 4 k and 101 + 4 k) of each source k."""
+    from lowres_vision.augment.cache import file_sha256
+
+    (directory / "images").mkdir(exist_ok=True)
+    lines = []
+    for index, source in enumerate(sources):
+        for copy in range(2):
+            relative = f"images/keep{index}_{copy}.png"
+            Image.new("RGB", (4, 4), (100 + 4 * index + copy,) * 3).save(directory / relative)
+            lines.append({"key": f"{index}_{copy}", "path": relative, "kind": "preserving", "source": str(source),
+                          "source_sha256": file_sha256(source), "label": index})
+    (directory / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return directory / "manifest.jsonl"
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("replace_prob", [0.0, 0.5, 1.0])
+def test_augmented_pairs_replace_the_query_or_either_side(tmp_path, symmetric, replace_prob):
+    from lowres_vision.augment import AugmentedPairDataset
+    from lowres_vision.data import PairDataset, RetrievalSplit
+
+    pairs = _grey_pairs(tmp_path, 4)
+    split = RetrievalSplit(tuple(q for q, _ in pairs), tuple(g for _, g in pairs), (0, 1, 2, 3), symmetric=symmetric)
+    manifest = _preserving_manifest(tmp_path, [path for pair in pairs for path in pair])  # source 2i: query i, 2i + 1: gallery i
+
+    def grey(image):
+        return int(np.asarray(image)[0, 0, 0])
+
+    dataset = AugmentedPairDataset(PairDataset(split, grey), manifest, replace_prob=replace_prob, replaced_weight=0.65, seed=1)
+    replaced = {"query": 0, "gallery": 0, "none": 0}
+    for epoch in range(150):
+        dataset.set_epoch(epoch)
+        for index in range(4):
+            query, gallery, weight = dataset[index]
+            query_kept, gallery_kept = query == 10 + index, gallery == 50 + index
+            assert query_kept or query in (100 + 8 * index, 101 + 8 * index)  # one of the query's own images
+            assert gallery_kept or gallery in (104 + 8 * index, 105 + 8 * index)
+            assert query_kept or gallery_kept  # at most one side per pair
+            side = "none" if query_kept and gallery_kept else "query" if gallery_kept else "gallery"
+            assert weight.item() == pytest.approx(1.0 if side == "none" else 0.65)
+            replaced[side] += 1
+    draws = 600
+    assert abs(1 - replaced["none"] / draws - replace_prob) < 0.07  # within 3.5 standard deviations
+    if symmetric:  # drawing <-> render: either side, with equal chance
+        assert abs(replaced["gallery"] - replaced["query"]) <= 4 * (draws * replace_prob) ** 0.5
+    else:  # old map -> satellite: the release replaces the old map only
+        assert replaced["gallery"] == 0
 
 
 def test_breaking_pairs_yield_image_and_partner(full_run):
@@ -477,3 +539,36 @@ def test_cli_augments_a_lite_circuits_split(tmp_path, capsys):
     assert (tmp_path / "aug" / "examples.png").stat().st_size > 0
     assert "generated 4 images" in capsys.readouterr().out
     shutil.rmtree(tmp_path / "aug")
+
+
+def test_cli_augments_historic_maps_for_training(lite_root, tmp_path):
+    """`augment --task historic-maps` writes what `train` reads: label-preserving images of the old maps
+    stand in for them, the label-breaking pairs feed the contrastive loss."""
+    from lowres_vision.commands import augment as command
+    from lowres_vision.config import TrainConfig
+    from lowres_vision.data import load_split
+    from lowres_vision.training import train
+    from lowres_vision.training.inputs import train_dataset
+
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers())
+    args = parser.parse_args([
+        "augment", "--data-root", str(lite_root), "--task", "historic-maps", "--out", str(tmp_path / "aug"),
+        "--tiny", "--modes", "preserving,breaking", "--m", "1", "--steps", "4", "--device", "cpu",
+    ])
+    assert args.func(args) == 0
+    entries = read_manifest(tmp_path / "aug" / "manifest.jsonl")
+    maps = load_split("historic-maps", lite_root, "train").query_paths
+    assert sorted(entry["source"] for entry in entries if entry["kind"] == "preserving") == sorted(map(str, maps))
+
+    cfg = TrainConfig(task="historic-maps", data_root=str(lite_root), tiny=True, image_size=56, epochs=1, batch_size=2,
+                      out=str(tmp_path / "run"), eval_every=0, adapter={"kind": "lora", "rank": 2},
+                      augment_manifest=str(tmp_path / "aug" / "manifest.jsonl"), replace_prob=1.0)
+    preserving = {str(tmp_path / "aug" / entry["path"]) for entry in entries if entry["kind"] == "preserving"}
+    dataset = train_dataset(cfg, lambda image: image)
+    assert all(str(dataset.pair(index)[0]) in preserving and dataset.pair(index)[2] for index in range(len(dataset)))
+    train(cfg)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in log if record["event"] == "step"] == [1, 2]  # 3 satellites, batches of 2
+    epoch = next(record for record in log if record["event"] == "epoch")
+    assert (epoch["samples"]["original"], epoch["samples"]["preserving"]) == (0, 3)

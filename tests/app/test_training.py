@@ -326,6 +326,60 @@ def test_logistic_regression_probe_run_predicts_as_sklearn_on_the_frozen_class_t
     assert evaluate(cfg) == metrics
 
 
+def _write_shared_satellite_maps(root: Path, maps_per_satellite: list[int]) -> dict[int, int]:
+    """A historic-maps train split whose satellite k has maps_per_satellite[k] old maps; every image is
+    a solid grey whose value names it. Returns {map value: its satellite's value}."""
+    directory = root / "historic-maps"
+    (directory / "Satellite").mkdir(parents=True)
+    rows, satellite_of, value = [], {}, 1
+    for maps in maps_per_satellite:
+        satellite, value = value, value + 1
+        Image.new("RGB", (8, 8), (satellite,) * 3).save(directory / "Satellite" / f"sat{satellite}.png")
+        for _ in range(maps):
+            Image.new("RGB", (8, 8), (value,) * 3).save(directory / "Satellite" / f"map{value}.png")
+            rows.append(f"sat{satellite}.png,map{value}.png")
+            satellite_of[value], value = satellite, value + 1
+    (directory / "train.csv").write_text("".join(f"{row}\n" for row in rows))
+    return satellite_of
+
+
+def test_paired_training_batches_hold_each_gallery_image_once(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from lowres_vision.data import EpochSeededDataset
+    from lowres_vision.training.distributed import ResumableDistributedSampler
+    from lowres_vision.training.inputs import train_dataset
+
+    satellite_of = _write_shared_satellite_maps(tmp_path, [3, 1, 2, 2, 1, 3])
+    cfg = TrainConfig(task="historic-maps", data_root=str(tmp_path), seed=5)
+
+    def value(image):
+        return torch.tensor(np.asarray(image)[0, 0, 0], dtype=torch.int64)
+
+    def epoch_batches(epoch: int, start_index: int = 0) -> list[tuple[list[int], list[int]]]:
+        dataset = EpochSeededDataset(train_dataset(cfg, value), cfg.seed)
+        sampler = ResumableDistributedSampler(dataset, num_replicas=1, rank=0, seed=cfg.seed)
+        sampler.set_position(epoch, start_index)
+        dataset.set_epoch(epoch)
+        return [(queries.tolist(), gallery.tolist()) for queries, gallery in DataLoader(dataset, batch_size=4, sampler=sampler)]
+
+    satellites = sorted(set(satellite_of.values()))
+    drawn: dict[int, set[int]] = {satellite: set() for satellite in satellites}
+    for epoch in range(12):
+        batches = epoch_batches(epoch)
+        assert [len(gallery) for _, gallery in batches] == [4, 2]  # 6 satellites per epoch, not 12 maps
+        assert sorted(sum((gallery for _, gallery in batches), [])) == satellites  # each satellite once
+        for queries, gallery in batches:
+            assert len(set(gallery)) == len(gallery)  # no satellite is its own negative
+            assert [satellite_of[query] for query in queries] == gallery  # each query is a map of its satellite
+            for query, satellite in zip(queries, gallery):
+                drawn[satellite].add(query)
+    # Over the epochs every map of a shared satellite is drawn.
+    assert {satellite: len(maps) for satellite, maps in drawn.items()} == {1: 3, 5: 1, 7: 2, 10: 2, 13: 1, 15: 3}
+    # The draws are a function of (seed, epoch, index): a resumed epoch continues with the same pairs.
+    assert epoch_batches(3, start_index=4) == epoch_batches(3)[1:]
+
+
 def test_nothing_to_train_and_missing_run_are_clear_errors(lite_root, tmp_path):
     with pytest.raises(ValueError, match="nothing to train"):
         train(_config(lite_root, tmp_path / "frozen", task="historic-maps", tokenization=None))

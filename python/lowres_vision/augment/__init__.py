@@ -8,14 +8,14 @@ diffusers and transformers are imported only when a pipeline is built.
 """
 
 from .cache import KINDS, Manifest, cache_key, merge_manifests, read_manifest, shard
-from .data import AugmentedDataset, BreakingPairs
+from .data import AugmentedDataset, AugmentedPairDataset, BreakingPairs
 from .generate import MODES, AugmentConfig, Augmenter, Source, make_sources, run_augmentation
 from .genie import GENIE_ADA_RATIOS, backbone_embedder, projected_distances, select_noise_ratio
 from .genie_sampler import GENIE_SCHEDULES, genie_img2img, genie_timesteps
 from .pipeline import DEFAULT_MODEL, RESIZES, TINY_MODEL, build_tiny_img2img_pipeline, fit_square, load_img2img_pipeline
 
 __all__ = [
-    "AugmentConfig", "AugmentedDataset", "Augmenter", "BreakingPairs", "DEFAULT_MODEL", "GENIE_ADA_RATIOS",
+    "AugmentConfig", "AugmentedDataset", "AugmentedPairDataset", "Augmenter", "BreakingPairs", "DEFAULT_MODEL", "GENIE_ADA_RATIOS",
     "GENIE_SCHEDULES", "KINDS", "MODES", "Manifest", "RESIZES", "Source", "TINY_MODEL", "backbone_embedder",
     "build_tiny_img2img_pipeline", "cache_key", "fit_square", "genie_img2img", "genie_timesteps",
     "load_img2img_pipeline", "make_sources", "merge_manifests", "projected_distances", "read_manifest",

@@ -66,8 +66,9 @@ def _sources(args):
         from ..errors import InputError
 
         raise InputError(f"--modes genie needs class names; task {args.task!r} is a retrieval task")
-    # Retrieval: every distinct training image is a source of its own.
-    paths = list(dict.fromkeys([*split.query_paths, *split.gallery_paths]))
+    # Retrieval: every distinct image that training may replace is a source of its own: both sides of a
+    # symmetric split (drawing <-> render), the queries of the others (the old maps, not the satellite images).
+    paths = list(dict.fromkeys([*split.query_paths, *(split.gallery_paths if split.symmetric else ())]))
     return make_sources(paths, range(len(paths)), [""] * len(paths)), {}
 
 

@@ -32,17 +32,40 @@ class ClassificationDataset(Dataset):
 
 
 class PairDataset(Dataset):
-    """(query image, matching gallery image) pairs of a retrieval split, for contrastive training."""
+    """One item per gallery image of a retrieval split: (one of its queries, the gallery image).
 
-    def __init__(self, split: RetrievalSplit, transform: Transform) -> None:
-        self.split, self.transform = split, transform
-        self.pairs = split.pairs()
+    Several queries may share a gallery image (historic maps: the old maps of one satellite image).
+    Item i draws one of gallery image i's queries, so an epoch holds every gallery image once and
+    no batch holds a gallery image twice, as its own negative; the authors' release does the same
+    (repository xiaobai1217/Low-Resource-Vision, file scripts/dataloader_maps.py). The draw is a
+    function of (seed, epoch, index); call `set_epoch` before each epoch.
+    """
+
+    def __init__(self, split: RetrievalSplit, transform: Transform, seed: int = 0) -> None:
+        self.split, self.transform, self.seed, self.epoch = split, transform, seed, 0
+        queries: list[list[Path]] = [[] for _ in split.gallery_paths]
+        for query, index in zip(split.query_paths, split.ground_truth):
+            queries[index].append(query)
+        # (gallery image, its queries in split order); a gallery image no query matches is no training pair.
+        self.items = [(gallery, tuple(found)) for gallery, found in zip(split.gallery_paths, queries) if found]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.items)
+
+    def pair(self, index: int, rng: np.random.Generator | None = None) -> tuple[Path, Path]:
+        """(query, gallery image) paths of item `index` this epoch; `rng` (default: seeded by seed, epoch
+        and index) draws the query, so that a wrapper can draw more from the same stream."""
+        gallery, queries = self.items[index]
+        if len(queries) == 1:
+            return queries[0], gallery
+        rng = np.random.default_rng([self.seed, self.epoch, index]) if rng is None else rng
+        return queries[int(rng.integers(len(queries)))], gallery
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        query, gallery = self.pairs[index]
+        query, gallery = self.pair(index)
         return self.transform(load_image(query)), self.transform(load_image(gallery))
 
 
@@ -89,7 +112,7 @@ class EpochSeededDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        if hasattr(self.dataset, "set_epoch"):  # e.g. AugmentedDataset, whose choices are per epoch too
+        if hasattr(self.dataset, "set_epoch"):  # e.g. PairDataset, AugmentedDataset: their choices are per epoch too
             self.dataset.set_epoch(epoch)
 
     def __len__(self) -> int:

@@ -24,15 +24,18 @@ def task_class_names(cfg: TrainConfig) -> Optional[tuple[str, ...]]:
     return split.class_names
 
 def train_dataset(cfg: TrainConfig, transform) -> torch.utils.data.Dataset:
+    """The train split's items; with an augment manifest, label-preserving images stand in for some originals."""
     split = load_split(cfg.task, cfg.data_root, "train")
     if isinstance(split, RetrievalSplit):
-        return PairDataset(split, transform)
-    dataset = ClassificationDataset(split, transform)
+        dataset = PairDataset(split, transform, seed=cfg.seed)
+    else:
+        dataset = ClassificationDataset(split, transform)
     if cfg.augment_manifest is not None:
-        from ..augment.data import AugmentedDataset
+        from ..augment.data import AugmentedDataset, AugmentedPairDataset
 
-        dataset = AugmentedDataset(dataset, cfg.augment_manifest, replace_prob=cfg.replace_prob,
-                                   replaced_weight=cfg.replaced_weight, seed=cfg.seed)
+        augmented = AugmentedPairDataset if isinstance(split, RetrievalSplit) else AugmentedDataset
+        dataset = augmented(dataset, cfg.augment_manifest, replace_prob=cfg.replace_prob,
+                            replaced_weight=cfg.replaced_weight, seed=cfg.seed)
     if cfg.genie_manifest is not None:
         from ..augment.hard_negatives import WithHardNegatives
 

@@ -45,10 +45,11 @@ def step_loss(forward: nn.Module, batch, pairs, breaking_loss: Optional[nn.Modul
 
     if is_retrieval(cfg.task):
         # Both sides of every pair go through the shared backbone.
-        images, labels, weights = torch.cat(batch), None, None
+        queries, gallery, *weights = batch
+        images, labels = torch.cat([queries, gallery]), None
     else:
         images, labels, *weights = batch
-        weights = weights[0] if weights else None
+    weights = weights[0].to(device, torch.float32) if weights else None
     num_task = len(images)
     if pairs is not None:
         images = torch.cat([images, *pairs])
@@ -57,9 +58,8 @@ def step_loss(forward: nn.Module, batch, pairs, breaking_loss: Optional[nn.Modul
     outputs, features = outputs.float(), features.float()
     if labels is None:
         queries, gallery = outputs.split(num_task // 2)
-        loss = symmetric_contrastive_loss(queries, gallery, logit_scale=cfg.logit_scale)
+        loss = symmetric_contrastive_loss(queries, gallery, logit_scale=cfg.logit_scale, weights=weights)
     else:
-        weights = None if weights is None else weights.to(device, torch.float32)
         loss = weighted_cross_entropy(outputs, labels.to(device), weights)
     if pairs is not None:
         breaking, partners = features.split(len(pairs[0]))
