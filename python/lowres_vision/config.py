@@ -60,6 +60,10 @@ class TrainConfig:
     logit_scale: float = 80.0
     train_augment: bool = False
     seed: int = 0
+    # The LITE paper's augmentation baselines (its Table 3), torchvision.transforms.v2; 0 = off.
+    mixup: float = 0.0  # MixUp's Beta(alpha, alpha) (classification)
+    cutmix: float = 0.0  # CutMix's Beta(alpha, alpha) (classification); with mixup, one of the two per batch
+    random_erasing: float = 0.0  # probability of Random Erasing per training image
     # Generated-data augmentation (the LITE paper, arXiv:2401.04716, Sec. 3.1); used when augment_manifest is set.
     augment_manifest: Optional[str] = None
     replace_prob: float = 0.3
@@ -96,8 +100,14 @@ class TrainConfig:
         for name in ("lr", "logit_scale", "replaced_weight"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0 <= self.replace_prob <= 1:
-            raise ConfigError(f"replace_prob must be in [0, 1], got {self.replace_prob}")
+        for name in ("replace_prob", "random_erasing"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+            if getattr(self, name) > 0 and is_retrieval(self.task):
+                raise ConfigError(f"{name} mixes class labels; task {self.task!r} is a retrieval task")
         if self.breaking_loss_weight < 0:
             raise ConfigError(f"breaking_loss_weight must be >= 0, got {self.breaking_loss_weight}")
         if self.eval_split not in ("val", "test"):
@@ -153,7 +163,8 @@ def _check_logistic_regression_probe(cfg: TrainConfig) -> None:
         raise ConfigError(f"linear_probe='logreg' fits a classifier and needs class labels; {cfg.task} is a retrieval "
                           "task: use linear_probe='head' (the embedding head trained with the contrastive loss)")
     # The regression is fitted once on the train split's images as evaluated.
-    unused = [name for name in ("augment_manifest", "genie_manifest", "train_augment", "resume") if getattr(cfg, name)]
+    unused = [name for name in ("augment_manifest", "genie_manifest", "train_augment", "mixup", "cutmix", "random_erasing", "resume")
+              if getattr(cfg, name)]
     if unused:
         raise ConfigError(f"linear_probe='logreg' is fitted once on the unaugmented train images; {', '.join(unused)} "
                           "does not apply (use linear_probe='head' to train with it)")

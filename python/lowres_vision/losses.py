@@ -16,13 +16,16 @@ LOGIT_SCALE = 80.0  # 1 / sigma in the paper's Eq. 1; the release's value for bo
 def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """sum_i(w_i * CE(logits_i, labels_i)) / sum_i(w_i); without `weights` the plain mean cross-entropy.
 
+    `labels` are class indices [B] or soft targets [B, K] (MixUp/CutMix: CE_i = -sum_k y_ik log softmax(logits_i)_k).
+
     A label-preserving image standing in for an original (weight 0.65) counts 0.65 of an original,
     relative to the rest of its batch. This is the normalisation of the authors' release
     (repository xiaobai1217/Low-Resource-Vision) in scripts/train_map.py; its scripts/train_circuit.py
     writes the same expression around an already mean-reduced loss, where the weights cancel out.
     """
-    if logits.dim() != 2 or labels.shape != logits.shape[:1]:
-        raise ValueError(f"weighted_cross_entropy: expected logits [B, K] and labels [B], got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    if logits.dim() != 2 or labels.shape not in (logits.shape[:1], logits.shape):
+        raise ValueError(f"weighted_cross_entropy: expected logits [B, K] and labels [B] or soft targets [B, K], "
+                         f"got {tuple(logits.shape)} and {tuple(labels.shape)}")
     losses = F.cross_entropy(logits, labels, reduction="none")
     if weights is None:
         return losses.mean()

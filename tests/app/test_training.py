@@ -423,3 +423,104 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(lite_roo
     for name in expected:
         torch.testing.assert_close(rank0[name], expected[name], atol=1e-5, rtol=1e-4)
     assert [record["step"] for record in _log(tmp_path / "ddp")] == [1, 2, 3, 3]  # rank 0 alone wrote it
+
+
+# ----------------------------------------------------------------------------- the paper's augmentation baselines
+
+
+def _mixed_batch(mixup: float, cutmix: float, step: int = 3):
+    from lowres_vision.training.inputs import BatchMixing
+
+    cfg = TrainConfig(task="circuits", data_root="LITE", mixup=mixup, cutmix=cutmix, seed=5)
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(4, 3, 8, 8, generator=generator), torch.tensor([0, 1, 2, 1])
+    weights = torch.tensor([1.0, 0.65, 1.0, 0.65])
+    mixed, targets, mixed_weights = BatchMixing.from_config(cfg, 3)((images, labels, weights), step, 0)
+    return images, labels, weights, mixed, targets, mixed_weights
+
+
+def test_mixup_mixes_each_image_with_the_previous_one_as_its_soft_target_says():
+    images, labels, weights, mixed, targets, mixed_weights = _mixed_batch(mixup=0.4, cutmix=0.0)
+    one_hot = torch.nn.functional.one_hot(labels, 3).float()
+    lam = targets[0, labels[0]]  # image 0 (class 0) is mixed with image 3 (class 1)
+    assert 0 < lam < 1 and torch.equal(mixed_weights, weights)
+    torch.testing.assert_close(targets, lam * one_hot + (1 - lam) * one_hot.roll(1, 0))
+    torch.testing.assert_close(mixed, lam * images + (1 - lam) * images.roll(1, 0))
+    again = _mixed_batch(mixup=0.4, cutmix=0.0)
+    assert torch.equal(again[3], mixed)  # seeded by (seed, step, rank)
+    assert not torch.equal(_mixed_batch(mixup=0.4, cutmix=0.0, step=4)[4], targets)
+
+
+def test_cutmix_pastes_one_box_of_the_previous_image_and_its_area_sets_the_target():
+    images, labels, _, mixed, targets, _ = _mixed_batch(mixup=0.0, cutmix=1.0)
+    from_previous = (mixed == images.roll(1, 0)) & (mixed != images)
+    pasted = from_previous[0, 0]
+    assert torch.equal(from_previous, pasted.expand_as(from_previous))  # the same box in every image and channel
+    rows, cols = pasted.any(1).nonzero().flatten(), pasted.any(0).nonzero().flatten()
+    box = torch.zeros_like(pasted)
+    box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+    assert torch.equal(pasted, box) and 0 < pasted.sum() < 64
+    assert torch.equal(mixed[:, :, ~pasted], images[:, :, ~pasted])
+    lam = 1 - pasted.sum().item() / 64
+    one_hot = torch.nn.functional.one_hot(labels, 3).float()
+    torch.testing.assert_close(targets, lam * one_hot + (1 - lam) * one_hot.roll(1, 0))
+
+
+def test_step_loss_with_soft_targets_is_the_weighted_cross_entropy_by_hand():
+    from lowres_vision.training.loop import step_loss
+
+    _, _, weights, mixed, targets, _ = _mixed_batch(mixup=0.4, cutmix=0.0)
+    linear = torch.nn.Linear(3 * 8 * 8, 3)
+
+    class Forward(torch.nn.Module):
+        def forward(self, images, num_task):
+            return linear(images.flatten(1)), images.new_zeros(0, 1)
+
+    cfg = TrainConfig(task="circuits", data_root="LITE", mixup=0.4, amp=False)
+    loss = step_loss(Forward(), (mixed, targets, weights), None, None, cfg, torch.device("cpu"))
+    logits = linear(mixed.flatten(1))
+    per_image = [-sum(targets[i, k] * torch.log(torch.exp(logits[i, k]) / torch.exp(logits[i]).sum()) for k in range(3))
+                 for i in range(4)]
+    expected = sum(w * ce for w, ce in zip(weights, per_image)) / weights.sum()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_random_erasing_sets_one_rectangle_of_the_normalised_image_to_zero():
+    from lowres_vision.data import EpochSeededDataset, train_transform
+
+    image = Image.fromarray(np.random.default_rng(0).integers(1, 255, (40, 40, 3), dtype=np.uint8))
+    plain = train_transform(32)(image)
+    erased = EpochSeededDataset(_Transformed(image, train_transform(32, random_erasing=1.0)), seed=0)[0]
+    changed = (erased != plain).any(0)
+    rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+    box = torch.zeros_like(changed)
+    box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+    assert torch.equal(changed, box) and (erased[:, box] == 0).all()
+    assert 0.02 * 32 * 32 * 0.5 <= box.sum() <= 0.33 * 32 * 32  # torchvision's 2-33% of the area (rounded sides)
+    assert torch.equal(EpochSeededDataset(_Transformed(image, train_transform(32, random_erasing=1.0)), seed=0)[0], erased)
+    assert torch.equal(train_transform(32, random_erasing=0.0)(image), plain)
+
+
+class _Transformed(torch.utils.data.Dataset):
+    def __init__(self, image, transform):
+        self.image, self.transform = image, transform
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        return self.transform(self.image)
+
+
+def test_augmentation_baselines_train_and_reject_retrieval(lite_root, tmp_path):
+    from lowres_vision.config import ConfigError
+
+    cfg = _config(lite_root, tmp_path / "mixed", epochs=1, tokenization=None, linear_probe="head",
+                  mixup=0.4, cutmix=1.0, random_erasing=0.5)
+    train(cfg)
+    losses = [record["loss"] for record in _log(Path(cfg.out)) if record["event"] == "step"]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    with pytest.raises(ConfigError, match="mixup mixes class labels; task 'historic-maps' is a retrieval task"):
+        _config(lite_root, tmp_path / "x", task="historic-maps", mixup=0.2).validate()
+    with pytest.raises(ConfigError, match=r"random_erasing must be in \[0, 1\], got 1.5"):
+        _config(lite_root, tmp_path / "x", random_erasing=1.5).validate()

@@ -31,7 +31,7 @@ from .io import DatasetFormatError, ImageReadError, load_image
 from .lite import load_circuits, load_historic_maps, load_mechanical_drawing
 from .splits import ClassificationSplit, RetrievalSplit
 from .tasks import TaskSpec, register_task, task_names, task_spec
-from .transforms import CLIP_MEAN, CLIP_STD, eval_transform, train_transform
+from .transforms import CLIP_MEAN, CLIP_STD, batch_mixing, eval_transform, train_transform
 
 CLASSIFICATION_TASKS = task_names(retrieval=False)
 RETRIEVAL_TASKS = task_names(retrieval=True)
@@ -55,6 +55,6 @@ def load_split(task: str, root: Path | str, split: str) -> ClassificationSplit |
 __all__ = [
     "CLASSIFICATION_TASKS", "CLIP_MEAN", "CLIP_STD", "ClassificationDataset", "ClassificationSplit", "DatasetFormatError",
     "EpochSeededDataset", "ImageListDataset", "ImageReadError", "PairDataset", "RETRIEVAL_TASKS", "RetrievalSplit",
-    "TASKS", "TaskSpec", "eval_transform", "is_retrieval", "load_circuits", "load_historic_maps", "load_image", "load_image_folder",
+    "TASKS", "TaskSpec", "batch_mixing", "eval_transform", "is_retrieval", "load_circuits", "load_historic_maps", "load_image", "load_image_folder",
     "load_mechanical_drawing", "load_paired_csv", "load_split", "register_task", "seeded_rngs", "split_exists", "task_names", "task_spec", "train_transform",
 ]

@@ -10,12 +10,39 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
-from ..data import ClassificationDataset, EpochSeededDataset, PairDataset, RetrievalSplit, is_retrieval, load_split, train_transform, eval_transform
+from ..data import (ClassificationDataset, EpochSeededDataset, PairDataset, RetrievalSplit, batch_mixing, eval_transform, is_retrieval,
+                    load_split, seeded_rngs, train_transform)
 from .distributed import Distributed, ResumableDistributedSampler
 
-def transforms(preprocess: dict[str, Any], augment: bool):
+def transforms(preprocess: dict[str, Any], augment: bool, random_erasing: float = 0.0):
     options = {"mean": preprocess["mean"], "std": preprocess["std"]}
-    return train_transform(preprocess["image_size"], augment=augment, **options), eval_transform(preprocess["image_size"], **options)
+    train = train_transform(preprocess["image_size"], augment=augment, random_erasing=random_erasing, **options)
+    return train, eval_transform(preprocess["image_size"], **options)
+
+
+MIXING_STREAM = 7  # keeps the batch-mixing seeds apart from the per-sample (seed, epoch, index) ones
+
+
+class BatchMixing:
+    """MixUp and/or CutMix (data.batch_mixing) of classification batches (images, labels, *weights):
+    the labels become soft targets [B, K], which weighted_cross_entropy takes; a sample weight stays
+    with its row. The draw of a step is seeded by (seed, step, rank), so a resumed run mixes exactly
+    as an uninterrupted one; under DDP each rank mixes within its part of the batch."""
+
+    def __init__(self, mix, seed: int) -> None:
+        self.mix, self.seed = mix, seed
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, num_classes: Optional[int]) -> Optional["BatchMixing"]:
+        """The mixing cfg asks for (None without mixup/cutmix or without classes)."""
+        mix = None if num_classes is None else batch_mixing(num_classes, mixup=cfg.mixup, cutmix=cfg.cutmix)
+        return None if mix is None else cls(mix, cfg.seed)
+
+    def __call__(self, batch, step: int, rank: int):
+        images, labels, *rest = batch
+        with seeded_rngs(self.seed, MIXING_STREAM, step, rank):
+            images, targets = self.mix(images, labels)
+        return (images, targets, *rest)
 
 def task_class_names(cfg: TrainConfig) -> Optional[tuple[str, ...]]:
     if is_retrieval(cfg.task):

@@ -17,7 +17,7 @@ from ..config import ConfigError, TrainConfig
 from ..data import EpochSeededDataset, is_retrieval
 from .distributed import Distributed, ResumableDistributedSampler, init_distributed, mean_over_ranks, sum_over_ranks
 from .evaluation import autocast, evaluate_split
-from .inputs import breaking_pair_batches, sample_kinds, task_class_names, train_dataset, transforms
+from .inputs import BatchMixing, breaking_pair_batches, sample_kinds, task_class_names, train_dataset, transforms
 from .model import build_model, tower_width
 from .run_directory import SAMPLE_KINDS, Progress, append_log, load_checkpoint, save_checkpoint, save_tensors, truncate_log, write_json, write_results
 
@@ -92,7 +92,8 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
     parameters = [parameter for _, parameter in model.trainable_parameters()]
     if not parameters:
         raise ValueError("train: nothing to train; set tokenization, domain_attention or adapter, or linear_probe")
-    train_tf, eval_tf = transforms(preprocess, cfg.train_augment)
+    train_tf, eval_tf = transforms(preprocess, cfg.train_augment, cfg.random_erasing)
+    mixing = BatchMixing.from_config(cfg, None if class_names is None else len(class_names))
     train_set = train_dataset(cfg, train_tf)
     dataset = EpochSeededDataset(train_set, cfg.seed)
     sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=context.rank, seed=cfg.seed)
@@ -143,6 +144,8 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
         with tqdm(loader, total=steps_per_epoch, initial=progress.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                   disable=not context.is_main, dynamic_ncols=True) as bar:
             for batch_index, batch in enumerate(bar):
+                if mixing is not None:
+                    batch = mixing(batch, progress.global_step, context.rank)
                 pairs = None if pair_batches is None else next(pair_batches)
                 seen = kinds[batch_index * cfg.batch_size:(batch_index + 1) * cfg.batch_size]
                 counts = [seen.count(kind) for kind in SAMPLE_KINDS[:-1]] + [0 if pairs is None else len(pairs[0])]
