@@ -23,7 +23,9 @@ from lowres_vision.augment import (  # noqa: E402
 from lowres_vision.augment import generate as generate_module  # noqa: E402
 from lowres_vision.augment.cache import Manifest as ManifestClass  # noqa: E402
 from lowres_vision.augment.generate import Job  # noqa: E402
+from lowres_vision.augment.genie import plan_hard_negatives  # noqa: E402
 from lowres_vision.data import ImageReadError  # noqa: E402
+from lowres_vision.errors import InputError  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -352,6 +354,46 @@ def test_genie_ada_lists_the_candidate_after_the_largest_jump(pipe, sources, tmp
         assert entry["path"].endswith(augmenter.key(chosen) + ".png")  # the fixed-r GeNIe image at r*
 
 
+def test_hard_negative_plans_of_the_release_and_the_paper():
+    labels, keys = [0, 0, 1, 1, 2], ["e", "a", "d", "b", "c"]
+    # Release: every source image once for every other class.
+    release = plan_hard_negatives(labels, keys, None, seed=0)
+    assert sorted(release) == sorted((position, target, 0) for position in range(5) for target in (0, 1, 2)
+                                     if labels[position] != target)
+    assert [sum(target == label for _, target, _ in release) for label in (0, 1, 2)] == [3, 3, 4]
+    # Paper: the same number per class, sources from the other classes, each once before any repeats.
+    for per_class in (2, 4, 5):
+        plan = plan_hard_negatives(labels, keys, per_class, seed=0)
+        assert [sum(target == label for _, target, _ in plan) for label in (0, 1, 2)] == [per_class] * 3
+        assert all(labels[position] != target for position, target, _ in plan)
+        for target in (0, 1, 2):
+            drawn = [(position, repeat) for position, t, repeat in plan if t == target]
+            others = [position for position in range(5) if labels[position] != target]
+            assert len(set(drawn)) == per_class  # no image twice with the same repeat index
+            assert all(repeat == 0 for position, repeat in drawn[:len(others)])
+            assert {position for position, _ in drawn} <= set(others)
+            if per_class >= len(others):
+                assert {position for position, _ in drawn[:len(others)]} == set(others)
+    # The draw follows the keys, not the order the sources come in.
+    reversed_plan = plan_hard_negatives(labels[::-1], keys[::-1], 4, seed=0)
+    assert sorted((keys[::-1][p], t, r) for p, t, r in reversed_plan) == sorted(
+        (keys[p], t, r) for p, t, r in plan_hard_negatives(labels, keys, 4, seed=0))
+    with pytest.raises(InputError, match="two classes"):
+        plan_hard_negatives([1, 1], ["a", "b"], None, seed=0)
+
+
+def test_genie_per_class_generates_that_many_images_of_each_class(pipe, sources, tmp_path):
+    cfg = AugmentConfig(modes=("genie",), genie_per_class=2, **CONFIG)
+    summary = run_augmentation(pipe, sources, CLASS_NAMES, tmp_path, cfg, model_id="tiny")
+    entries = read_manifest(tmp_path / "manifest.jsonl")
+    assert summary["generated"] == len(entries) == 3 * 2
+    assert sorted(entry["label"] for entry in entries) == [0, 0, 1, 1, 2, 2]
+    assert all(entry["source_label"] != entry["label"] for entry in entries)
+    assert all(entry["label_name"] == CLASS_NAMES[entry["label"]] for entry in entries)
+    with pytest.raises(InputError, match="genie_per_class"):
+        AugmentConfig(genie_per_class=0)
+
+
 @pytest.mark.parametrize("replace_prob", [0.0, 0.3, 0.8, 1.0])
 def test_augmented_dataset_replacement_rate_and_weights(tmp_path, replace_prob):
     colours = [10, 60, 110, 160]
@@ -517,21 +559,27 @@ def test_manifest_open_drops_entries_without_images(tmp_path):
 # --- command line -------------------------------------------------------------------------------------
 
 
-def test_cli_augments_a_lite_circuits_split(tmp_path, capsys):
-    from lowres_vision.commands import augment as command
-
-    data = tmp_path / "lite" / "circuits"
+def _toy_circuits(root: Path) -> Path:
+    data = root / "circuits"
     (data / "data").mkdir(parents=True)
     (data / "label_map.csv").write_text("id,name\n0,resistor\n1,capacitor\n")
     (data / "train_5_shots.csv").write_text("id,filename,label\n0,a.png,0\n1,b.png,1\n")
     _noise_image(data / "data" / "a.png", 0)
     _noise_image(data / "data" / "b.png", 1)
+    return root
+
+
+def _augment_args(tmp_path, *flags):
+    from lowres_vision.commands import augment as command
+
     parser = argparse.ArgumentParser()
     command.register(parser.add_subparsers())
-    args = parser.parse_args([
-        "augment", "--data-root", str(tmp_path / "lite"), "--task", "circuits", "--out", str(tmp_path / "aug"),
-        "--tiny", "--modes", "preserving", "--m", "2", "--steps", "4", "--device", "cpu",
-    ])
+    return parser.parse_args(["augment", "--data-root", str(_toy_circuits(tmp_path / "lite")), "--task", "circuits",
+                              "--out", str(tmp_path / "aug"), "--tiny", "--steps", "4", "--device", "cpu", *flags])
+
+
+def test_cli_augments_a_lite_circuits_split(tmp_path, capsys):
+    args = _augment_args(tmp_path, "--modes", "preserving", "--m", "2")
     assert args.func(args) == 0
     entries = read_manifest(tmp_path / "aug" / "manifest.jsonl")
     assert len(entries) == 4 and {entry["prompt"] for entry in entries} == {
@@ -572,3 +620,55 @@ def test_cli_augments_historic_maps_for_training(lite_root, tmp_path):
     assert [record["step"] for record in log if record["event"] == "step"] == [1, 2]  # 3 satellites, batches of 2
     epoch = next(record for record in log if record["event"] == "epoch")
     assert (epoch["samples"]["original"], epoch["samples"]["preserving"]) == (0, 3)
+
+
+def test_cli_genie_ada_needs_a_trained_or_named_embedder(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"task": "circuits", "data_root": str(tmp_path), "tiny": True, "image_size": 56}))
+    ada = ["--modes", "genie", "--genie-ada"]
+    for flags, message in [
+        (ada, "GeNIe-Ada needs an embedder: --embedder-config"),
+        ([*ada, "--embedder-config", str(config)], "randomly initialised 'ViT-B-16'"),
+        ([*ada, "--embedder", "ViT-B-16"], "randomly initialised 'ViT-B-16'"),
+        ([*ada, "--embedder-config", str(config), "--embedder", "ViT-B-16"], "not both"),
+        (["--modes", "genie", "--embedder", "ViT-B-16"], "only GeNIe-Ada"),
+    ]:
+        args = _augment_args(tmp_path, *flags)
+        with pytest.raises(InputError, match=message):
+            args.func(args)
+        shutil.rmtree(tmp_path / "lite")
+        assert not (tmp_path / "aug").exists()  # refused before anything was generated
+
+
+def test_cli_genie_ada_scores_with_the_backbone_being_adapted(tmp_path):
+    from lowres_vision.augment.genie import EmbedderSpec, build_embedder
+    from lowres_vision.config import load_config
+
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"task": "circuits", "data_root": str(tmp_path), "tiny": True, "image_size": 56,
+                                  "seed": 3}))
+    args = _augment_args(tmp_path, "--modes", "genie", "--genie-ada", "--embedder-config", str(config),
+                         "--allow-random-embedder")
+    assert args.func(args) == 0
+    entries = read_manifest(tmp_path / "aug" / "manifest.jsonl")
+    spec = EmbedderSpec.from_train_config(load_config(config))
+    assert spec == EmbedderSpec("ViT-B-16", image_size=56, tiny=True, seed=3)
+    assert len(entries) == 2 and all(entry["embedder"] == spec.identity() for entry in entries)
+    # The recorded distances are those of the run's backbone (seed 3), recomputed here from the cached candidates.
+    cfg = AugmentConfig(modes=("genie",), genie_adaptive=True, m=10, steps=4, resolution=64)
+    augmenter = Augmenter(pipe=build_tiny_img2img_pipeline(), out_dir=tmp_path / "aug", cfg=cfg, model_id="tiny-random")
+    sources = make_sources(sorted((tmp_path / "lite" / "circuits" / "data").glob("*.png")), [0, 1],
+                           ["resistor", "capacitor"])
+    for seed, same in ((3, True), (4, False)):
+        embed = build_embedder(replace(spec, seed=seed), allow_random=True)
+        source_embeddings = torch.nn.functional.normalize(embed([Image.open(s.path) for s in sources]), dim=-1)
+        for entry in entries:
+            source = next(s for s in sources if s.path == entry["source"])
+            candidates = [Job(kind="genie", sampler="genie", source=source, input_path=source.path,
+                              input_sha256=source.sha256, prompt=entry["prompt"], strength=ratio, seed=entry["seed"],
+                              index=0, label=entry["label"]) for ratio in entry["ratios"]]
+            images = [Image.open(augmenter.path(augmenter.key(job))) for job in candidates]
+            candidate_embeddings = torch.nn.functional.normalize(embed(images), dim=-1)
+            target_mean = source_embeddings[entry["label"]]  # one source image per class
+            distances = projected_distances(candidate_embeddings, source_embeddings[source.label], target_mean)
+            assert torch.allclose(distances, torch.tensor(entry["distances"]), atol=1e-5) == same

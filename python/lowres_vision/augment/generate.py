@@ -1,16 +1,17 @@
 """Planning and running the generative augmentations: batched, cached, resumable, shardable.
 
-Per source image, m of each requested kind (the LITE paper, arXiv:2401.04716, Sec. 3.1; GeNIe, arXiv:2312.02548):
-    preserving  img2img at strength γ (0.3) with the source's prompt, keeps the label
-    breaking    img2img at strength τ (0.6), label unknown; used in the contrastive loss
+The kinds of image (the LITE paper, arXiv:2401.04716, Sec. 3.1; GeNIe, arXiv:2312.02548):
+    preserving  m per source: img2img at strength γ (0.3) with the source's prompt, keeps the label
+    breaking    m per source: img2img at strength τ (0.6), label unknown; used in the contrastive loss
     partner     its label-breaking image re-augmented at γ: the positive of that image
-    genie       img2img with the prompt of another class at noise ratio r (GeNIe), labelled with that
-                class; GeNIe-Ada generates r ∈ {0.5, …, 0.9} and keeps the one after the largest
-                jump of the projected embedding distance
+    genie       img2img of a source with the prompt of another class at noise ratio r, labelled with
+                that class (one per (source, other class), or n per class); GeNIe-Ada generates
+                r ∈ {0.5, …, 0.9} and keeps the one after the largest jump of the projected
+                embedding distance
 
 Every image is a pure function of its cache key (input file hash, kind, sampler, strength, prompt,
-seed, model, steps, guidance, resolution); a key whose image exists is never generated again.
-Seeds are per image, so an image does not depend on which batch or rank produced it.
+seed, model, steps, guidance, input geometry, resolution); a key whose image exists is never
+generated again. Seeds are per image, so an image does not depend on which batch or rank produced it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,8 @@ from ..data import load_image
 from ..errors import InputError
 from .cache import Manifest, cache_key, derive_seed, file_sha256, image_relpath, is_valid_image, merge_manifests
 from .cache import shard, shard_manifest_name, write_image_atomic
-from .genie import GENIE_ADA_RATIOS, Embedder, class_mean_embeddings, projected_distances, select_noise_ratio
+from .genie import GENIE_ADA_RATIOS, Embedder, class_mean_embeddings, plan_hard_negatives, projected_distances
+from .genie import select_noise_ratio
 from .genie_sampler import GENIE_SCHEDULES, genie_img2img
 from .pipeline import RESIZES, ddim_view, fit_square
 
@@ -62,7 +64,10 @@ class AugmentConfig:
     Label-preserving, label-breaking and partner images: guidance 5.0 on an input squashed to
     `resolution`² (the LITE release, repository xiaobai1217/Low-Resource-Vision, file
     img2img_circuit.py). GeNIe: guidance 7.5 on an input resized and centre-cropped, sampled with the
-    GeNIe release's schedule (`genie_sampler`; `genie_schedule="paper"` for the paper's reading).
+    GeNIe release's schedule (`genie_sampler`; `genie_schedule="paper"` for the paper's reading), one
+    image per (source image, other class) as the release plans them, or `genie_per_class` images per
+    class as the paper balances them (`genie.plan_hard_negatives`). `m` counts label-preserving and
+    label-breaking images per source; GeNIe's count follows its plan.
     """
 
     modes: tuple[str, ...] = ("preserving", "breaking")
@@ -81,6 +86,7 @@ class AugmentConfig:
     genie_guidance_scale: float = 7.5
     genie_resize: str = "center-crop"
     genie_schedule: str = "release"
+    genie_per_class: Optional[int] = None  # None: every source once per other class (release); n: n per class (paper)
     batch_size: int = 8
     seed: int = 0
 
@@ -106,6 +112,8 @@ class AugmentConfig:
                                      ("genie_schedule", self.genie_schedule, GENIE_SCHEDULES)):
             if value not in choices:
                 raise InputError(f"{name} must be one of {choices}, got {value!r}")
+        if self.genie_per_class is not None and self.genie_per_class < 1:
+            raise InputError(f"genie_per_class must be >= 1, got {self.genie_per_class}")
         for name in ("guidance_scale", "genie_guidance_scale"):
             if not getattr(self, name) >= 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -217,8 +225,9 @@ class Augmenter:
 
 
 def _plan_first_pass(sources: Sequence[Source], cfg: AugmentConfig, class_names: dict[int, str],
-                     genie_labels: Sequence[int]) -> tuple[list[Job], list[list[Job]]]:
-    """Preserving, breaking and GeNIe jobs; also the groups of GeNIe-Ada candidates (one per image)."""
+                     hard_negatives: Sequence[tuple[Source, int, int]]) -> tuple[list[Job], list[list[Job]]]:
+    """Preserving and breaking jobs of `sources`, the GeNIe jobs of `hard_negatives` (source, target,
+    repeat); also the groups of GeNIe-Ada candidates (one per image)."""
     jobs: list[Job] = []
     ada_groups: list[list[Job]] = []
     for source in sources:
@@ -232,26 +241,18 @@ def _plan_first_pass(sources: Sequence[Source], cfg: AugmentConfig, class_names:
             if "breaking" in cfg.modes:
                 jobs.append(Job(kind="breaking", sampler="ddim", strength=cfg.break_strength, index=index,
                                 seed=derive_seed(cfg.seed, "breaking", source.sha256, index), label=None, **base))
-        if "genie" in cfg.modes:
-            targets = [label for label in genie_labels if label != source.label]
-            if not targets:
-                raise ValueError(f"GeNIe needs a class other than {source.label} ({source.name!r}) among the sources")
-            order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(
-                derive_seed(cfg.seed, "genie-targets", source.sha256))).tolist()
-            for index in range(cfg.m):
-                target = targets[order[index % len(targets)]]
-                ratios = cfg.genie_ratios if cfg.genie_adaptive else (cfg.genie_ratio,)
-                group = [
-                    Job(kind="genie", sampler="genie", source=source, input_path=source.path,
-                        input_sha256=source.sha256, prompt=cfg.genie_prompt_template.format(name=class_names[target]),
-                        strength=ratio, index=index, seed=derive_seed(cfg.seed, "genie", source.sha256, index),
-                        label=target, record=not cfg.genie_adaptive,
-                        extra={"noise_ratio": ratio, "label_name": class_names[target]})
-                    for ratio in ratios
-                ]
-                jobs.extend(group)
-                if cfg.genie_adaptive:
-                    ada_groups.append(group)
+    ratios = cfg.genie_ratios if cfg.genie_adaptive else (cfg.genie_ratio,)
+    for source, target, index in hard_negatives:
+        group = [
+            Job(kind="genie", sampler="genie", source=source, input_path=source.path, input_sha256=source.sha256,
+                prompt=cfg.genie_prompt_template.format(name=class_names[target]), strength=ratio, index=index,
+                seed=derive_seed(cfg.seed, "genie", source.sha256, target, index), label=target,
+                record=not cfg.genie_adaptive, extra={"noise_ratio": ratio, "label_name": class_names[target]})
+            for ratio in ratios
+        ]
+        jobs.extend(group)
+        if cfg.genie_adaptive:
+            ada_groups.append(group)
     return jobs, ada_groups
 
 
@@ -309,8 +310,15 @@ def run_augmentation(pipe, sources: Sequence[Source], class_names: dict[int, str
     augmenter = Augmenter(pipe, out_dir, cfg, model_id=model_id, rank=rank,
                           manifest_name=shard_manifest_name(rank, world_size))
     own = shard(sources, rank, world_size)
-    genie_labels = sorted({source.label for source in sources})
-    first, ada_groups = _plan_first_pass(own, cfg, class_names, genie_labels)
+    hard_negatives = []
+    if "genie" in cfg.modes:
+        # Planned over all sources (the per-class draw spans them), each rank making its own sources' images.
+        plan = plan_hard_negatives([source.label for source in sources], [source.sha256 for source in sources],
+                                   cfg.genie_per_class, cfg.seed)
+        mine = set(own)
+        hard_negatives = [(sources[position], target, index) for position, target, index in plan
+                          if sources[position] in mine]
+    first, ada_groups = _plan_first_pass(own, cfg, class_names, hard_negatives)
     cached_before = len(augmenter.manifest)
     augmenter.run(first, desc=f"augment[{rank}/{world_size}]")
     partners = _partner_jobs(augmenter, [job for job in first if job.kind == "breaking"])

@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default=None, help="diffusers hub id or local path (default: SD 1.5)")
     parser.add_argument("--tiny", action="store_true", help="a tiny random pipeline and backbone (offline demos, tests)")
     parser.add_argument("--modes", default="preserving,breaking", help="comma-separated subset of preserving,breaking,genie")
-    parser.add_argument("--m", type=int, default=10, help="images of each kind per source image")
+    parser.add_argument("--m", type=int, default=10, help="label-preserving and label-breaking images per source image")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--resolution", type=int, default=None, help="default 512 (64 with --tiny)")
@@ -33,18 +33,29 @@ def register(subparsers) -> None:
     parser.add_argument("--guidance-scale", type=float, default=5.0,
                         help="classifier-free guidance of label-preserving/-breaking images (LITE release)")
     parser.add_argument("--resize", default="squash",
-                        help="squash or center-crop: how label-preserving/-breaking inputs become square (LITE release)")
+                        help="squash or center-crop: how label-preserving/-breaking inputs become square "
+                             "(LITE release: squash)")
     parser.add_argument("--prompt", default=None, help="prompt template with {name} (default per task)")
     parser.add_argument("--genie-prompt", default="a photo of a {name}.", help="GeNIe target-class prompt template")
     parser.add_argument("--genie-ratio", type=float, default=0.8, help="GeNIe noise ratio r")
     parser.add_argument("--genie-ada", action="store_true", help="choose r per image from 0.5..0.9 (GeNIe-Ada)")
     parser.add_argument("--genie-guidance-scale", type=float, default=7.5, help="GeNIe's guidance (GeNIe release)")
-    parser.add_argument("--genie-resize", default="center-crop", help="squash or center-crop, for GeNIe (GeNIe release)")
+    parser.add_argument("--genie-resize", default="center-crop",
+                        help="squash or center-crop, for GeNIe (GeNIe release: center-crop)")
     parser.add_argument("--genie-schedule", default="release",
                         help="release: noise at int(1000 r), grid steps t - 1 <= 1000 r; paper: the last int(r steps)")
-    parser.add_argument("--backbone", default="ViT-B-16", help="GeNIe-Ada's embedding model (open_clip name or timm:<name>)")
-    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag of --backbone")
-    parser.add_argument("--backbone-checkpoint", default=None, help="local weights of --backbone")
+    parser.add_argument("--genie-per-class", type=int, default=None,
+                        help="GeNIe images per target class (the paper's balance); default: one per source image "
+                             "and other class (the GeNIe release)")
+    parser.add_argument("--embedder-config", default=None,
+                        help="GeNIe-Ada scores with the frozen backbone of this train config (TOML/JSON, e.g. a "
+                             "run's config.json): the backbone being adapted")
+    parser.add_argument("--embedder", default=None,
+                        help="or with this model (open_clip name or timm:<name>; --tiny builds it tiny)")
+    parser.add_argument("--embedder-pretrained", default=None, help="pretrained tag of --embedder")
+    parser.add_argument("--embedder-checkpoint", default=None, help="local weights of --embedder")
+    parser.add_argument("--allow-random-embedder", action="store_true",
+                        help="let GeNIe-Ada score with a randomly initialised embedder (tests, demos)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="default: cuda:<LOCAL_RANK> when available, else cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
@@ -72,6 +83,32 @@ def _sources(args):
     return make_sources(paths, range(len(paths)), [""] * len(paths)), {}
 
 
+def _embedder_spec(args):
+    """GeNIe-Ada's embedder as the flags name it (None without GeNIe-Ada); settings that do not fit are refused."""
+    from ..augment.genie import EmbedderSpec
+    from ..errors import InputError
+
+    named = {"--embedder": args.embedder, "--embedder-pretrained": args.embedder_pretrained,
+             "--embedder-checkpoint": args.embedder_checkpoint, "--embedder-config": args.embedder_config}
+    given = [flag for flag, value in named.items() if value is not None]
+    if not (args.genie_ada and "genie" in args.modes):
+        if given or args.allow_random_embedder:
+            raise InputError(f"{', '.join(given) or '--allow-random-embedder'}: only GeNIe-Ada (--modes genie "
+                             f"--genie-ada) embeds images")
+        return None
+    if args.embedder_config is not None:
+        if len(given) > 1:
+            raise InputError(f"give --embedder-config or --embedder, not both ({', '.join(given)})")
+        from ..config import load_config
+
+        return EmbedderSpec.from_train_config(load_config(args.embedder_config))
+    if args.embedder is None:
+        raise InputError("GeNIe-Ada needs an embedder: --embedder-config (the train config of the backbone being "
+                         "adapted) or --embedder")
+    return EmbedderSpec(args.embedder, args.embedder_pretrained, args.embedder_checkpoint, tiny=args.tiny,
+                        seed=args.seed)
+
+
 def run(args) -> int:
     import torch
 
@@ -85,6 +122,7 @@ def run(args) -> int:
         print(f"merged manifest: {merge_manifests(args.out)}")
         return 0
     args.modes = tuple(mode.strip() for mode in args.modes.split(",") if mode.strip())
+    spec = _embedder_spec(args)
     world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
@@ -104,24 +142,21 @@ def run(args) -> int:
         prompt_template=args.prompt or task_spec(args.task).augment_prompt,
         genie_prompt_template=args.genie_prompt, genie_ratio=args.genie_ratio, genie_adaptive=args.genie_ada,
         genie_guidance_scale=args.genie_guidance_scale, genie_resize=args.genie_resize,
-        genie_schedule=args.genie_schedule, batch_size=args.batch_size, seed=args.seed,
+        genie_schedule=args.genie_schedule, genie_per_class=args.genie_per_class, batch_size=args.batch_size,
+        seed=args.seed,
     )
+    embedder, embedder_id = None, ""
+    if spec is not None:  # before the pipeline loads: a refused embedder fails fast
+        from ..augment.genie import build_embedder
+
+        embedder = build_embedder(spec, device=device, allow_random=args.allow_random_embedder)
+        embedder_id = spec.identity()
     sources, class_names = _sources(args)
     if args.tiny:
         model_id, pipe = TINY_MODEL, build_tiny_img2img_pipeline(device=device, dtype=args.dtype)
     else:
         model_id = args.model or DEFAULT_MODEL
         pipe = load_img2img_pipeline(model_id, device=device, dtype=args.dtype)
-    embedder, embedder_id = None, ""
-    if args.genie_ada and "genie" in args.modes:
-        from ..augment import backbone_embedder
-        from ..models.backbone import build_backbone
-
-        visual, preprocess = build_backbone(args.backbone, args.pretrained, checkpoint=args.backbone_checkpoint,
-                                            tiny=args.tiny)
-        embedder = backbone_embedder(visual, image_size=preprocess["image_size"], mean=preprocess["mean"],
-                                     std=preprocess["std"], device=device)
-        embedder_id = f"{args.backbone}|{args.pretrained}|{args.backbone_checkpoint}|tiny={args.tiny}"
     summary = run_augmentation(pipe, sources, class_names, args.out, cfg, model_id=model_id, rank=rank,
                                world_size=world_size, embedder=embedder, embedder_id=embedder_id)
     if world_size > 1:
