@@ -66,7 +66,7 @@ torch.cuda.get_device_properties(0).multi_processor_count, 'SMs')"
       tests)
         # TEST_FILES narrows the run (say, to the one backend a change touched)
         stage tests 150 "$PYTHON" -m pytest -q -n 12 -p no:cacheprovider -rfE --tb=short \
-          ${TEST_FILES:-tests/test_cuda_ops.py tests/test_triton_ops.py tests/test_nn_and_backends.py} ;;
+          ${TEST_FILES:-tests/test_kernel_backends.py tests/test_nn_and_backends.py} ;;
       sanitize)  # float16 runs the same code as bfloat16 (float computation, 2-byte storage)
         stage memcheck-cuda 120 compute-sanitizer --tool memcheck --error-exitcode 1 \
           "$PYTHON" scripts/cuda_memcheck.py --backend cuda --dtype float32 --dtype bfloat16 --dtype float64

@@ -287,7 +287,7 @@ def domain_attention_op(
     return _forward(v, maps, mix_logits, h, num_prefix_tokens)
 
 
-@torch.library.custom_op("lowres_triton::domain_attention_backward", mutates_args=())
+@torch.library.custom_op("lowres_triton::_domain_attention_backward", mutates_args=())
 def domain_attention_backward(
     grad: torch.Tensor,
     v: torch.Tensor,

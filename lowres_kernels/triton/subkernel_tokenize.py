@@ -415,7 +415,7 @@ def _backward(grad, x, weight, logits, indices, g: SubkernelGeometry, pool: str,
 # Registered ops.
 
 
-@torch.library.custom_op("lowres_triton::subkernel_tokenize", mutates_args=())
+@torch.library.custom_op("lowres_triton::subkernel_tokenize_with_indices", mutates_args=())
 def subkernel_tokenize_with_indices(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -431,7 +431,7 @@ def subkernel_tokenize_with_indices(
     return _forward(x, weight, logits, bias, g, pool, blend)
 
 
-@torch.library.custom_op("lowres_triton::subkernel_tokenize_backward", mutates_args=())
+@torch.library.custom_op("lowres_triton::_subkernel_tokenize_backward", mutates_args=())
 def subkernel_tokenize_backward(
     grad: torch.Tensor,
     x: torch.Tensor,
