@@ -1,0 +1,346 @@
+"""A procedurally generated, captioned general image corpus: the "web" the shipped CLIP learns from.
+
+Sample `i` of a corpus with seed `s` is drawn from `numpy.random.default_rng([s, i])` alone, so a
+corpus is a pure function of (seed, index): any worker can render any sample, and a resumed run
+sees exactly the images an uninterrupted one would. Every sample is an image and an English
+caption from a small grammar naming what was drawn: shapes with their colour, size and position,
+counts, letters and digits, icons, textures, landscapes, and, as a small share, line drawings of
+shapes and node-and-line diagrams (`DRAWING_LIKE_KINDS`), the little diagram-like data a web
+corpus holds. Nothing is taken from the synthetic LITE generators (no circuit symbols, city
+layouts or machine parts, none of their class names).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+_SUPERSAMPLE = 2  # drawn at 2x and downsampled, for anti-aliased edges
+
+COLOURS = {
+    "red": (205, 35, 35), "orange": (240, 140, 20), "yellow": (240, 215, 30), "green": (40, 160, 60),
+    "blue": (35, 80, 210), "purple": (130, 50, 170), "pink": (240, 130, 180), "brown": (120, 75, 35),
+    "black": (20, 20, 20), "grey": (130, 130, 130), "white": (250, 250, 250),
+}
+SHAPES = ("circle", "square", "triangle", "diamond", "pentagon", "star", "cross", "ring", "heart", "arrow")
+ORIENTED_SHAPES = ("triangle", "arrow")  # the caption says where they point
+DIRECTIONS = ("up", "right", "down", "left")
+SIZES = {"small": (0.07, 0.10), "large": (0.14, 0.19)}  # radius as a fraction of the image side
+POSITIONS = ("top left", "top", "top right", "left", "centre", "right", "bottom left", "bottom", "bottom right")
+ICONS = ("house", "tree", "sun", "moon", "cloud", "flower", "fish", "boat")
+PATTERNS = ("horizontal stripes", "vertical stripes", "diagonal stripes", "checkerboard", "polka dots", "wavy lines")
+NUMBERS = ("one", "two", "three", "four", "five", "six")
+GLYPHS = tuple("ABCDEFGHJKLMNPQRSTUVWXYZ") + tuple("0123456789")
+
+# Kinds of sample and their shares of the corpus. "line drawing" (outlines of shapes in black on
+# white) and "diagram" (nodes joined by lines) are the drawing- and diagram-like share.
+KIND_WEIGHTS = {
+    "objects": 0.30, "count": 0.14, "glyph": 0.14, "icon": 0.14, "texture": 0.10, "landscape": 0.10,
+    "line drawing": 0.05, "diagram": 0.03,
+}
+DRAWING_LIKE_KINDS = ("line drawing", "diagram")
+_KINDS = tuple(KIND_WEIGHTS)
+_KIND_P = np.array([KIND_WEIGHTS[k] for k in _KINDS]) / sum(KIND_WEIGHTS.values())
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: Image.Image  # RGB, image_size x image_size
+    caption: str
+    kind: str
+    subject: str | None  # the one thing drawn, for zero-shot classification ("a star", "a house", ...); None if several
+
+
+def article(phrase: str) -> str:
+    """'a' or 'an' before `phrase`."""
+    return f"an {phrase}" if phrase[0] in "aeiou" else f"a {phrase}"
+
+
+def plural(shape: str) -> str:
+    return shape + ("es" if shape.endswith(("s", "x")) else "s")
+
+
+def subject_prompts() -> tuple[str, ...]:
+    """Every `Sample.subject`: the class prompts of zero-shot classification on the corpus."""
+    return (tuple(article(s) for s in SHAPES + ICONS) + PATTERNS
+            + tuple(_glyph_subject(g) for g in GLYPHS))
+
+
+def _glyph_subject(glyph: str) -> str:
+    return f"the digit {glyph}" if glyph.isdigit() else f"the letter {glyph}"
+
+
+def _colour(rng: np.random.Generator, exclude: tuple[str, ...] = ()) -> tuple[str, tuple[int, int, int]]:
+    names = [n for n in COLOURS if n not in exclude]
+    name = names[int(rng.integers(len(names)))]
+    jitter = rng.integers(-18, 19, 3)
+    return name, tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLOURS[name], jitter))
+
+
+def _pick(rng: np.random.Generator, options):
+    return options[int(rng.integers(len(options)))]
+
+
+def _background(rng: np.random.Generator, size: int, avoid: tuple[str, ...]) -> tuple[Image.Image, str]:
+    """A plain light background, or a soft vertical gradient; never a colour the caption names."""
+    names = [n for n in ("white", "grey", "yellow", "pink") if n not in avoid]
+    name = _pick(rng, names)
+    base = np.array(COLOURS[name], dtype=np.float32) * 0.35 + 255 * 0.65 if name != "white" else np.full(3, 250.0)
+    if rng.random() < 0.5:
+        shade = np.linspace(-15, 15, size, dtype=np.float32)[:, None, None] * rng.choice([-1, 1])
+        pixels = np.clip(base[None, None, :] + shade, 0, 255) * np.ones((size, size, 1), np.float32)
+    else:
+        pixels = np.broadcast_to(base, (size, size, 3))
+    return Image.fromarray(pixels.astype(np.uint8), "RGB"), name
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float, direction: int) -> list[tuple[float, float]]:
+    """Outline points of the polygonal shapes; `direction` 0..3 turns up/right/down/left."""
+    if shape == "square":
+        angles, radius = [45, 135, 225, 315], [r * 1.2] * 4
+    elif shape == "diamond":
+        angles, radius = [0, 90, 180, 270], [r * 1.2] * 4
+    elif shape == "pentagon":
+        angles, radius = [-90 + 72 * k for k in range(5)], [r] * 5
+    elif shape == "triangle":
+        angles, radius = [-90, 30, 150], [r * 1.15] * 3
+    elif shape == "star":
+        angles, radius = [-90 + 36 * k for k in range(10)], [r if k % 2 == 0 else r * 0.42 for k in range(10)]
+    elif shape == "cross":
+        w = r * 0.36
+        pts = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)]
+        return [(cx + x, cy + y) for x, y in pts]
+    elif shape == "arrow":
+        w, h = r * 0.3, r * 0.55
+        pts = [(0, -r), (r * 0.8, -r + h * 1.3), (w, -r + h * 1.3), (w, r), (-w, r), (-w, -r + h * 1.3), (-r * 0.8, -r + h * 1.3)]
+        turn = math.radians(90 * direction)
+        return [(cx + x * math.cos(turn) - y * math.sin(turn), cy + x * math.sin(turn) + y * math.cos(turn)) for x, y in pts]
+    elif shape == "heart":
+        t = np.linspace(0, 2 * math.pi, 40)
+        x, y = 16 * np.sin(t) ** 3, -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+        return [(cx + r * a / 16, cy + r * b / 16) for a, b in zip(x, y)]
+    else:
+        raise ValueError(f"no polygon for {shape!r}")
+    turn = 90 * direction if shape == "triangle" else 0
+    return [(cx + d * math.cos(math.radians(a + turn)), cy + d * math.sin(math.radians(a + turn))) for a, d in zip(angles, radius)]
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, ink, *,
+               direction: int = 0, outline_width: int = 0) -> None:
+    """A filled shape, or its outline when `outline_width` > 0."""
+    fill = None if outline_width else ink
+    width = outline_width or 1
+    if shape in ("circle", "ring"):
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=None if shape == "ring" else fill, outline=ink,
+                     width=max(width, int(r * 0.35)) if shape == "ring" else width)
+    else:
+        draw.polygon(_polygon(shape, cx, cy, r, direction), fill=fill, outline=ink, width=width)
+
+
+def _shape_phrase(shape: str, direction: int) -> str:
+    return f"{shape} pointing {DIRECTIONS[direction]}" if shape in ORIENTED_SHAPES else shape
+
+
+def _cell_centre(rng: np.random.Generator, cell: int, size: float) -> tuple[float, float]:
+    row, col = divmod(cell, 3)
+    return ((col + 0.5 + rng.uniform(-0.12, 0.12)) * size / 3, (row + 0.5 + rng.uniform(-0.12, 0.12)) * size / 3)
+
+
+def _objects(rng, size):
+    count = int(rng.integers(1, 4))
+    cells = sorted(rng.choice(9, count, replace=False).tolist())
+    items = []
+    for cell in cells:
+        shape, direction = _pick(rng, SHAPES), int(rng.integers(4))
+        size_name = _pick(rng, tuple(SIZES))
+        items.append((cell, shape, direction, size_name, _colour(rng, exclude=("white",))))
+    image, _ = _background(rng, size, avoid=tuple(c[0] for *_, c in items))
+    draw = ImageDraw.Draw(image)
+    phrases = []
+    for cell, shape, direction, size_name, (colour, ink) in items:
+        cx, cy = _cell_centre(rng, cell, size)
+        low, high = SIZES[size_name]
+        draw_shape(draw, shape, cx, cy, rng.uniform(low, high) * size, ink, direction=direction)
+        where = "in the centre" if POSITIONS[cell] == "centre" else f"at the {POSITIONS[cell]}"
+        phrases.append(f"a {size_name} {colour} {_shape_phrase(shape, direction)} {where}")
+    subject = article(items[0][1]) if count == 1 else None
+    return image, " and ".join(phrases), subject
+
+
+def _count(rng, size):
+    count = int(rng.integers(1, len(NUMBERS) + 1))
+    shape = _pick(rng, tuple(s for s in SHAPES if s not in ORIENTED_SHAPES))
+    colour, ink = _colour(rng, exclude=("white",))
+    image, _ = _background(rng, size, avoid=(colour,))
+    draw = ImageDraw.Draw(image)
+    r = size * rng.uniform(0.05, 0.075)
+    centres: list[tuple[float, float]] = []
+    while len(centres) < count:  # rejection sampling: no two shapes touch
+        c = tuple(rng.uniform(r * 1.3, size - r * 1.3, 2))
+        if all(math.dist(c, o) > 2.4 * r for o in centres):
+            centres.append(c)
+    for cx, cy in centres:
+        draw_shape(draw, shape, cx, cy, r, ink)
+    noun = shape if count == 1 else plural(shape)
+    return image, f"{NUMBERS[count - 1]} {colour} {noun}", article(shape) if count == 1 else None
+
+
+def _glyph(rng, size):
+    glyph = _pick(rng, GLYPHS)
+    colour, ink = _colour(rng, exclude=("white",))
+    image, background = _background(rng, size, avoid=(colour,))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=int(size * rng.uniform(0.3, 0.6)))
+    cx, cy = rng.uniform(0.35, 0.65, 2) * size
+    draw.text((cx, cy), glyph, fill=ink, font=font, anchor="mm", stroke_width=int(rng.integers(0, 3)), stroke_fill=ink)
+    subject = _glyph_subject(glyph)
+    return image, f"{subject} in {colour} on a {background} background", subject
+
+
+def _icon(rng, size):
+    icon = _pick(rng, ICONS)
+    image, _ = _background(rng, size, avoid=())
+    draw = ImageDraw.Draw(image)
+    s = size * rng.uniform(0.28, 0.4)
+    cx, cy = rng.uniform(0.4, 0.6, 2) * size
+    colour, ink = _colour(rng, exclude=("white", "grey"))
+    if icon == "house":
+        draw.rectangle([cx - s * 0.6, cy - s * 0.1, cx + s * 0.6, cy + s * 0.8], fill=ink)
+        draw.polygon([(cx - s * 0.8, cy - s * 0.1), (cx, cy - s * 0.8), (cx + s * 0.8, cy - s * 0.1)], fill=COLOURS["brown"])
+        draw.rectangle([cx - s * 0.15, cy + s * 0.35, cx + s * 0.15, cy + s * 0.8], fill=COLOURS["black"])
+    elif icon == "tree":
+        draw.rectangle([cx - s * 0.12, cy + s * 0.1, cx + s * 0.12, cy + s * 0.85], fill=COLOURS["brown"])
+        draw.ellipse([cx - s * 0.6, cy - s * 0.8, cx + s * 0.6, cy + s * 0.3], fill=ink)
+    elif icon == "sun":
+        for k in range(12):
+            a = math.radians(30 * k)
+            draw.line([(cx + s * 0.55 * math.cos(a), cy + s * 0.55 * math.sin(a)),
+                       (cx + s * 0.85 * math.cos(a), cy + s * 0.85 * math.sin(a))], fill=ink, width=max(2, int(s * 0.08)))
+        draw.ellipse([cx - s * 0.45, cy - s * 0.45, cx + s * 0.45, cy + s * 0.45], fill=ink)
+    elif icon == "moon":
+        draw.ellipse([cx - s * 0.7, cy - s * 0.7, cx + s * 0.7, cy + s * 0.7], fill=ink)
+        draw.ellipse([cx - s * 0.35, cy - s * 0.85, cx + s * 0.95, cy + s * 0.45], fill=image.getpixel((2, int(cy))))
+    elif icon == "cloud":
+        for dx, dy, rr in ((-0.45, 0.1, 0.4), (0.0, -0.15, 0.5), (0.45, 0.1, 0.4), (0.0, 0.2, 0.4)):
+            draw.ellipse([cx + s * (dx - rr), cy + s * (dy - rr), cx + s * (dx + rr), cy + s * (dy + rr)], fill=ink)
+    elif icon == "flower":
+        draw.line([(cx, cy), (cx, cy + s)], fill=COLOURS["green"], width=max(2, int(s * 0.08)))
+        for k in range(6):
+            a = math.radians(60 * k)
+            px, py = cx + s * 0.35 * math.cos(a), cy + s * 0.35 * math.sin(a)
+            draw.ellipse([px - s * 0.22, py - s * 0.22, px + s * 0.22, py + s * 0.22], fill=ink)
+        draw.ellipse([cx - s * 0.18, cy - s * 0.18, cx + s * 0.18, cy + s * 0.18], fill=COLOURS["yellow"])
+    elif icon == "fish":
+        draw.ellipse([cx - s * 0.7, cy - s * 0.35, cx + s * 0.4, cy + s * 0.35], fill=ink)
+        draw.polygon([(cx + s * 0.3, cy), (cx + s * 0.8, cy - s * 0.35), (cx + s * 0.8, cy + s * 0.35)], fill=ink)
+        draw.ellipse([cx - s * 0.5, cy - s * 0.12, cx - s * 0.35, cy + s * 0.03], fill=COLOURS["black"])
+    else:  # boat
+        draw.polygon([(cx - s * 0.8, cy + s * 0.3), (cx + s * 0.8, cy + s * 0.3), (cx + s * 0.5, cy + s * 0.7), (cx - s * 0.5, cy + s * 0.7)], fill=ink)
+        draw.line([(cx, cy + s * 0.3), (cx, cy - s * 0.8)], fill=COLOURS["black"], width=max(2, int(s * 0.06)))
+        draw.polygon([(cx + s * 0.05, cy - s * 0.75), (cx + s * 0.6, cy + s * 0.2), (cx + s * 0.05, cy + s * 0.2)], fill=COLOURS["white"], outline=COLOURS["black"])
+    return image, article(f"{colour} {icon}"), article(icon)
+
+
+def _texture(rng, size):
+    pattern = _pick(rng, PATTERNS)
+    (first, ink), (second, paper) = _colour(rng), _colour(rng)
+    while second == first:
+        second, paper = _colour(rng)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    period = size / rng.uniform(4, 10)
+    phase = rng.uniform(0, period)
+    if pattern == "horizontal stripes":
+        mask = ((y + phase) % period) < period / 2
+    elif pattern == "vertical stripes":
+        mask = ((x + phase) % period) < period / 2
+    elif pattern == "diagonal stripes":
+        mask = ((x + y * rng.choice([-1, 1]) + phase) % period) < period / 2
+    elif pattern == "checkerboard":
+        mask = (((x + phase) // period + (y + phase) // period) % 2) == 0
+    elif pattern == "polka dots":
+        cx, cy = (x + phase) % period - period / 2, (y + phase) % period - period / 2
+        mask = cx * cx + cy * cy < (period * 0.28) ** 2
+    else:  # wavy lines
+        mask = ((y + period * 0.3 * np.sin(2 * math.pi * x / (period * 2)) + phase) % period) < period / 3
+    pixels = np.where(mask[..., None], np.array(ink, np.float32), np.array(paper, np.float32))
+    return Image.fromarray(pixels.astype(np.uint8), "RGB"), f"{first} and {second} {pattern}", pattern
+
+
+def _landscape(rng, size):
+    time = _pick(rng, ("day", "sunset", "night"))
+    ground = _pick(rng, ("grass", "sand", "snow", "water"))
+    sky = {"day": (110, 170, 235), "sunset": (240, 150, 80), "night": (20, 25, 60)}[time]
+    floor = {"grass": (70, 150, 60), "sand": (220, 195, 130), "snow": (240, 240, 245), "water": (40, 90, 170)}[ground]
+    horizon = size * rng.uniform(0.5, 0.7)
+    image = Image.new("RGB", (size, size), sky)
+    draw = ImageDraw.Draw(image)
+    parts = []
+    if rng.random() < 0.4:
+        peak = rng.uniform(0.3, 0.7) * size
+        draw.polygon([(peak - size * 0.35, horizon), (peak, horizon - size * rng.uniform(0.2, 0.35)), (peak + size * 0.35, horizon)], fill=(110, 110, 120))
+        parts.append("a mountain")
+    draw.rectangle([0, horizon, size, size], fill=floor)
+    light = "a moon" if time == "night" else "a sun"
+    if rng.random() < 0.7:
+        lx, ly, lr = rng.uniform(0.15, 0.85) * size, rng.uniform(0.1, 0.25) * size, size * 0.06
+        draw.ellipse([lx - lr, ly - lr, lx + lr, ly + lr], fill=(245, 240, 200) if time == "night" else (250, 220, 40))
+        parts.append(light)
+    trees = int(rng.integers(0, 4)) if ground != "water" else 0
+    for _ in range(trees):
+        tx, th = rng.uniform(0.1, 0.9) * size, size * rng.uniform(0.12, 0.2)
+        base = horizon + rng.uniform(0.05, 0.2) * size
+        draw.rectangle([tx - th * 0.08, base - th * 0.5, tx + th * 0.08, base], fill=COLOURS["brown"])
+        draw.polygon([(tx - th * 0.35, base - th * 0.4), (tx, base - th * 1.2), (tx + th * 0.35, base - th * 0.4)], fill=(30, 100, 40))
+    if trees:
+        parts.append("a tree" if trees == 1 else f"{NUMBERS[trees - 1]} trees")
+    if ground != "water" and rng.random() < 0.4:
+        hx, hs = rng.uniform(0.2, 0.8) * size, size * 0.1
+        base = horizon + size * 0.12
+        draw.rectangle([hx - hs, base - hs, hx + hs, base], fill=(200, 60, 50))
+        draw.polygon([(hx - hs * 1.2, base - hs), (hx, base - hs * 1.8), (hx + hs * 1.2, base - hs)], fill=(90, 50, 30))
+        parts.append("a house")
+    on = {"grass": "on grass", "sand": "on sand", "snow": "in snow", "water": "by the sea"}[ground]
+    caption = f"a {time} landscape {on}" + (" with " + " and ".join(parts) if parts else "")
+    return image, caption, None
+
+
+def _line_drawing(rng, size):
+    shape, direction = _pick(rng, SHAPES), int(rng.integers(4))
+    image = Image.new("RGB", (size, size), COLOURS["white"])
+    draw = ImageDraw.Draw(image)
+    cx, cy = rng.uniform(0.35, 0.65, 2) * size
+    draw_shape(draw, shape, cx, cy, size * rng.uniform(0.2, 0.32), COLOURS["black"], direction=direction,
+               outline_width=max(2, int(size * 0.012)))
+    return image, f"a line drawing of {article(_shape_phrase(shape, direction))}", article(shape)
+
+
+def _diagram(rng, size):
+    count = int(rng.integers(3, len(NUMBERS) + 1))
+    image = Image.new("RGB", (size, size), COLOURS["white"])
+    draw = ImageDraw.Draw(image)
+    nodes = rng.uniform(0.15, 0.85, (count, 2)) * size
+    for a in range(1, count):  # a random tree: every node joins an earlier one
+        b = int(rng.integers(a))
+        draw.line([tuple(nodes[a]), tuple(nodes[b])], fill=COLOURS["black"], width=max(2, int(size * 0.01)))
+    r = size * 0.035
+    for x, y in nodes:
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=COLOURS["white"], outline=COLOURS["black"], width=max(2, int(size * 0.01)))
+    return image, f"a diagram of {NUMBERS[count - 1]} nodes joined by lines", None
+
+
+_RENDERERS = {
+    "objects": _objects, "count": _count, "glyph": _glyph, "icon": _icon, "texture": _texture,
+    "landscape": _landscape, "line drawing": _line_drawing, "diagram": _diagram,
+}
+
+
+def render_sample(seed: int, index: int, image_size: int) -> Sample:
+    """Sample `index` of the corpus with `seed`, as an `image_size` RGB image and its caption."""
+    rng = np.random.default_rng([seed, index])
+    kind = _KINDS[int(rng.choice(len(_KINDS), p=_KIND_P))]
+    image, caption, subject = _RENDERERS[kind](rng, image_size * _SUPERSAMPLE)
+    image = image.resize((image_size, image_size), Image.Resampling.BOX)
+    return Sample(image=image, caption=caption, kind=kind, subject=subject)
