@@ -29,9 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", choices=("plain", "core"), default="core")
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")
     model = parser.add_argument_group("image-text model (open_clip)")
-    model.add_argument("--model", default=None, help="open_clip model name (default ViT-SO400M-14-SigLIP-384)")
-    model.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. webli) or local checkpoint path")
-    model.add_argument("--tiny", action="store_true", help="a tiny randomly initialised CLIP (tests, offline demo)")
+    model.add_argument("--model", default=None, help="open_clip model name (default ViT-SO400M-14-SigLIP-384 with --pretrained)")
+    source = model.add_mutually_exclusive_group()
+    source.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. webli) or local checkpoint path")
+    source.add_argument("--checkpoint", default=None,
+                        help="local weights with open_clip_config.json beside them, as `lowres-vision pretrain` writes")
+    source.add_argument("--tiny", action="store_true", help="a tiny randomly initialised CLIP (tests)")
     prompts = parser.add_argument_group("prompts")
     prompts.add_argument("--prompt-style", choices=("core", "lite"), default="core",
                          help="default zero-shot prompt: the CoRE paper's ('A circuit diagram of a {}.') or the LITE release's ('a circuit diagram of {}')")
@@ -235,11 +238,12 @@ def run_zeroshot(args: argparse.Namespace) -> int:
             raise InputError(f"{flag} must be >= {least}, got {value}")
     device = torch.device(check_device(args.device))
     core_inputs = _checked_core_inputs(args)
-    if not args.tiny and args.pretrained is None:
+    checkpoint = args.checkpoint
+    if checkpoint is None and not args.tiny and args.pretrained is None:
         print("zeroshot: no --pretrained given, the model keeps its random initialisation (numbers are meaningless)")
     args.out.mkdir(parents=True, exist_ok=True)
     model, preprocess, vlm_encoder = core.load_vlm(
-        args.model or core.DEFAULT_VLM, args.pretrained, tiny=args.tiny, seed=args.seed, device=device
+        args.model or core.DEFAULT_VLM, args.pretrained, tiny=args.tiny, checkpoint=checkpoint, seed=args.seed, device=device
     )
     evaluate = _retrieval if is_retrieval(args.task) else _classification
     results = evaluate(args, core_inputs, model, preprocess, vlm_encoder, device)

@@ -120,6 +120,7 @@ def load_vlm(
     pretrained: str | None = None,
     *,
     tiny: bool = False,
+    checkpoint: str | None = None,
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> tuple[torch.nn.Module, Callable, OpenCLIPTextEncoder]:
@@ -128,11 +129,15 @@ def load_vlm(
     `pretrained` is an open_clip tag ("webli") or a local checkpoint path; None keeps the random
     initialisation (numbers are then meaningless, which is what offline tests want), drawn from
     `seed`. `tiny=True` ignores `name` and builds `tiny_clip()` with the default BPE tokenizer.
+    `checkpoint` is a local weights file with its `open_clip_config.json` beside it (what
+    `lowres-vision pretrain` writes, e.g. the shipped `SHIPPED_CHECKPOINT`); `name` is then ignored.
     The text encoder's name identifies the weights (a caption index records it): model and tag,
     or the seed of a random initialisation.
     """
     import open_clip
 
+    if checkpoint is not None:
+        return _load_checkpoint_vlm(checkpoint, device)
     random_weights = tiny or pretrained is None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -147,6 +152,27 @@ def load_vlm(
     model = model.to(device).eval()
     text_encoder = OpenCLIPTextEncoder(model, open_clip.get_tokenizer(tokenizer_name), name=f"open_clip:{label}", device=device)
     return model, preprocess, text_encoder
+
+
+def _load_checkpoint_vlm(checkpoint: str, device: torch.device | str):
+    import hashlib
+
+    import open_clip
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from ..models.backbone import build_clip, checkpoint_config
+
+    config = checkpoint_config(checkpoint)
+    if config is None:
+        raise FileNotFoundError(f"checkpoint {checkpoint}: no open_clip_config.json beside it")
+    image_size = config["model_cfg"]["vision_cfg"]["image_size"]
+    model = build_clip(checkpoint=checkpoint, image_size=image_size).to(device)
+    preprocess = open_clip.image_transform(image_size, is_train=False, **{
+        k: config["preprocess_cfg"][k] for k in ("mean", "std", "interpolation", "resize_mode") if k in config["preprocess_cfg"]})
+    # The weights' digest names the encoder, so a caption index built with other weights is never reused.
+    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:12]
+    tokenizer = SimpleTokenizer(context_length=model.context_length)
+    return model, preprocess, OpenCLIPTextEncoder(model, tokenizer, name=f"open_clip:{Path(checkpoint).name}:{digest}", device=device)
 
 
 @torch.inference_mode()

@@ -11,8 +11,11 @@ names only a "reg<n>" in it counts (n register tokens).
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import re
+from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from torch import nn
@@ -24,6 +27,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TIMM_PREFIX = "timm:"
 TINY_WIDTH, TINY_LAYERS, TINY_HEAD_WIDTH, TINY_PATCH = 64, 4, 16, 14
 TINY_TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2}
+OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
 
 
 def preprocess_config(image_size: int = 224, *, mean=CLIP_MEAN, std=CLIP_STD, interpolation: str = "bicubic") -> Dict[str, Any]:
@@ -44,6 +48,13 @@ def _check_sources(pretrained: Optional[str], checkpoint: Optional[str]) -> None
         raise ValueError(f"build_backbone: give either pretrained={pretrained!r} or checkpoint={checkpoint!r}, not both")
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"build_backbone: checkpoint={checkpoint!r} is not a file")
+
+
+def checkpoint_config(checkpoint: str) -> Optional[Dict[str, Any]]:
+    """The open_clip config saved beside a checkpoint file (`open_clip_config.json`, as `lowres-vision
+    pretrain` and open_clip's hub exports write it: {"model_cfg": ..., "preprocess_cfg": ...}), or None."""
+    path = Path(checkpoint).with_name(OPEN_CLIP_CONFIG_FILE)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def tiny_clip(image_size: int = 224, *, embed_dim: int = 64) -> nn.Module:
@@ -68,15 +79,22 @@ def build_clip(
     """The full open_clip image-text model, frozen and in eval mode (for zero-shot users of the text tower).
 
     `pretrained` is an open_clip tag or local path passed to `open_clip.create_model`;
-    `checkpoint` is a local file loaded with `open_clip.load_checkpoint` (strict).
+    `checkpoint` is a local file loaded with `open_clip.load_checkpoint` (strict). A checkpoint with
+    an `open_clip_config.json` beside it is built from that config and `name` is ignored; a different
+    `image_size` than it was trained at interpolates its position embeddings.
     """
     import open_clip
 
     _check_sources(pretrained, checkpoint)
     if name.startswith(TIMM_PREFIX):
         raise ValueError(f"build_clip: {name!r} is a timm vision model; only open_clip names have a text tower")
+    config = checkpoint_config(checkpoint) if checkpoint is not None else None
     if tiny:
         model = tiny_clip(image_size)
+    elif config is not None:
+        model_cfg = copy.deepcopy(config["model_cfg"])
+        model_cfg["vision_cfg"]["image_size"] = image_size
+        model = open_clip.model.CLIP(**model_cfg)
     else:
         force_size = None if image_size == 224 else image_size
         model = open_clip.create_model(name, pretrained=pretrained, force_image_size=force_size)

@@ -1,0 +1,201 @@
+"""`lowres-vision pretrain`: the generated corpus, the batch sampler, the contrastive training, resumption, DDP, loading."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from lowres_vision.cli import main
+from lowres_vision.pretrain import DRAWING_LIKE_KINDS, KIND_WEIGHTS, PretrainConfig, pretrain, render_sample, subject_prompts
+from lowres_vision.pretrain import trainer
+from lowres_vision.pretrain.data import CaptionedCorpus, StepBatchSampler
+from lowres_vision.pretrain.evaluate import recall_at_k
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TINY = dict(steps=8, batch_size=8, lr=3e-3, warmup=2, corpus_size=32, holdout=16, image_size=28, width=32, layers=1,
+            head_width=16, text_width=32, text_layers=1, embed_dim=32, checkpoint_every=2)
+
+
+def _config(out: Path, **overrides) -> PretrainConfig:
+    return PretrainConfig(out=str(out), **{**TINY, **overrides})
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_corpus_is_a_function_of_seed_and_index():
+    first, again, other = render_sample(0, 5, 56), render_sample(0, 5, 56), render_sample(1, 5, 56)
+    assert first.caption == again.caption and np.array_equal(np.asarray(first.image), np.asarray(again.image))
+    assert first.image.size == (56, 56)
+    assert not np.array_equal(np.asarray(first.image), np.asarray(other.image))
+
+
+def test_corpus_shares_and_disjointness_from_the_lite_generators():
+    from lowres_vision.synth.circuits import KEY_SYMBOLS
+    from lowres_vision.synth.drawings import OUTLINES
+    from lowres_vision.synth.plan import CIRCUIT_CLASSES
+
+    samples = [render_sample(3, i, 28) for i in range(600)]
+    kinds = [s.kind for s in samples]
+    for kind, weight in KIND_WEIGHTS.items():  # binomial standard deviation at 600 draws is at most 2 %
+        assert abs(kinds.count(kind) / len(kinds) - weight / sum(KIND_WEIGHTS.values())) < 0.06, kind
+    drawing_like = sum(KIND_WEIGHTS[k] for k in DRAWING_LIKE_KINDS) / sum(KIND_WEIGHTS.values())
+    assert drawing_like == pytest.approx(0.08)
+    text = " | ".join([s.caption for s in samples] + list(subject_prompts())).lower()
+    # No circuit class, circuit symbol or machine-part outline name (the one-letter "L" and "T" aside) occurs.
+    names = [n for n in (*CIRCUIT_CLASSES, *KEY_SYMBOLS, *OUTLINES) if len(n) > 1]
+    assert [n for n in names if re.search(rf"\b{re.escape(n.lower())}\b", text)] == []
+    assert re.search(r"\bnight landscape\b", text)  # the check does see words the captions hold
+    assert all(s.subject in subject_prompts() for s in samples if s.subject is not None)
+
+
+def test_step_batches_are_fixed_by_seed_and_step_and_split_over_ranks():
+    full = StepBatchSampler(100, 8, seed=4, steps=5)
+    batches = list(full)
+    assert len(batches) == 5 and all(len(set(b)) == 8 and all(0 <= i < 100 for i in b) for b in batches)
+    assert batches == list(StepBatchSampler(100, 8, seed=4, steps=5))
+    assert batches != list(StepBatchSampler(100, 8, seed=5, steps=5))
+    assert list(StepBatchSampler(100, 8, seed=4, steps=5, start_step=3)) == batches[3:]
+    ranks = [list(StepBatchSampler(100, 8, seed=4, steps=5, rank=r, world_size=2)) for r in (0, 1)]
+    for step, batch in enumerate(batches):
+        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(batch) and len(ranks[0][step]) == 4
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    cfg = PretrainConfig(out="x", steps=12, warmup=2, lr=1.0)
+    assert [trainer.learning_rate(cfg, s) for s in (0, 1)] == [0.5, 1.0]
+    assert trainer.learning_rate(cfg, 2) == pytest.approx(1.0)
+    assert trainer.learning_rate(cfg, 7) == pytest.approx(0.5)  # half-way through the cosine
+    assert trainer.learning_rate(cfg, 12) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_recall_at_k_counts_a_relevant_item_in_the_top_k():
+    similarity = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.3, 0.8], [0.7, 0.6, 0.1]])
+    relevant = torch.tensor([[True, False, False], [True, False, False], [False, False, True]])
+    # ranks of the relevant items: 1, 3, 3
+    assert recall_at_k(similarity, relevant, (1, 2, 3)) == {"R@1": pytest.approx(33.33), "R@2": 33.33, "R@3": 100.0}
+
+
+def _clip_loss_by_hand(model, images, tokens) -> float:
+    image = F.normalize(model.encode_image(images), dim=-1)
+    text = F.normalize(model.encode_text(tokens), dim=-1)
+    logits = model.logit_scale.exp() * image @ text.T
+    target = torch.arange(len(images))
+    return float((F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2)
+
+
+def test_a_few_steps_reduce_the_contrastive_loss_and_open_clip_loads_the_result(tmp_path):
+    import open_clip
+
+    cfg = _config(tmp_path / "run", steps=12)
+    corpus = CaptionedCorpus(cfg.seed, 0, cfg.corpus_size, cfg.image_size, cfg.context_length)
+    images, tokens = (torch.stack(parts) for parts in zip(*(corpus[i] for i in range(cfg.corpus_size))))
+    torch.manual_seed(cfg.seed)  # the trainer's initialisation
+    initial = open_clip.model.CLIP(**cfg.model_config()).eval()
+    with torch.no_grad():
+        before = _clip_loss_by_hand(initial, images, tokens)
+    metrics = pretrain(cfg)
+
+    trained = open_clip.create_model(f"local-dir:{tmp_path / 'run'}").eval()
+    with torch.no_grad():
+        after = _clip_loss_by_hand(trained, images, tokens)
+    assert after < before - 0.3, (before, after)  # ln(32) = 3.47 at chance
+    log = _log(tmp_path / "run")
+    assert [r["step"] for r in log] == list(range(12))
+    first = StepBatchSampler(cfg.corpus_size, cfg.batch_size, seed=cfg.seed, steps=1).batch(0)
+    with torch.no_grad():  # the logged loss of step 0 is the formula on batch 0 with the initial weights
+        assert log[0]["loss"] == pytest.approx(_clip_loss_by_hand(initial, images[first], tokens[first]), abs=1e-4)
+    assert metrics["heldout_samples"] == 16 and 0 <= metrics["zeroshot_top1"] <= 100
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    pretrain(_config(tmp_path / "whole"))
+    schedule = trainer.learning_rate
+
+    def killed_at_step_5(cfg, step):
+        if step == 5:
+            raise KeyboardInterrupt
+        return schedule(cfg, step)
+
+    monkeypatch.setattr(trainer, "learning_rate", killed_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(_config(tmp_path / "killed"))
+    monkeypatch.setattr(trainer, "learning_rate", schedule)
+    assert torch.load(tmp_path / "killed" / "state.pt", weights_only=False)["step"] == 4  # checkpoint_every=2
+    assert main(["pretrain", "--out", str(tmp_path / "killed"), *_flags(TINY)]) == 2  # refuses to start over it
+    pretrain(_config(tmp_path / "killed", resume=True))
+
+    expected = load_file(str(tmp_path / "whole" / trainer.WEIGHTS_FILE))
+    resumed = load_file(str(tmp_path / "killed" / trainer.WEIGHTS_FILE))
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+    assert [r["step"] for r in _log(tmp_path / "killed")] == list(range(8))
+    assert [r["loss"] for r in _log(tmp_path / "killed")] == [r["loss"] for r in _log(tmp_path / "whole")]
+
+
+def _flags(settings: dict) -> list[str]:
+    return [part for name, value in settings.items() for part in (f"--{name.replace('_', '-')}", str(value))]
+
+
+def test_cli_reports_bad_settings_and_reused_out_in_one_line(tmp_path, capsys):
+    assert main(["pretrain", "--out", str(tmp_path / "a"), *_flags({**TINY, "image_size": 30})]) == 2
+    assert capsys.readouterr().err.strip() == ("lowres-vision pretrain: error: image_size must be a multiple of the "
+                                               "patch size 14, got 30")
+    assert main(["pretrain", "--out", str(tmp_path / "a"), *_flags({**TINY, "steps": 2})]) == 0
+    capsys.readouterr()
+    assert main(["pretrain", "--out", str(tmp_path / "a"), *_flags({**TINY, "steps": 2})]) == 2
+    assert "already holds a finished model" in capsys.readouterr().err
+    assert main(["pretrain", "--out", str(tmp_path / "a"), *_flags({**TINY, "steps": 3}), "--resume"]) == 2
+    assert "settings differ from the saved run: steps (2 != 3)" in capsys.readouterr().err
+
+
+def test_backbone_and_zero_shot_loaders_read_the_pretrained_checkpoint(tmp_path):
+    from lowres_vision.core import load_vlm
+    from lowres_vision.models import build_backbone
+
+    pretrain(_config(tmp_path / "run", steps=2))
+    weights = tmp_path / "run" / trainer.WEIGHTS_FILE
+    saved = load_file(str(weights))
+    visual, preprocess = build_backbone(checkpoint=str(weights), image_size=28)
+    assert preprocess["image_size"] == 28 and not any(p.requires_grad for p in visual.parameters())
+    for name, value in visual.state_dict().items():
+        assert torch.equal(value, saved[f"visual.{name}"]), name
+    model, _, text_encoder = load_vlm(checkpoint=str(weights))
+    assert torch.equal(model.token_embedding.weight, saved["token_embedding.weight"])
+    assert text_encoder.encode(["a red circle"]).shape == (1, 32)
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, cfg: PretrainConfig) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        pretrain(cfg)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    pretrain(_config(tmp_path / "single", steps=3))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.start_processes(_ddp_worker, args=(2, port, _config(tmp_path / "ddp", steps=3)), nprocs=2, join=True,
+                       start_method="fork")
+    expected = load_file(str(tmp_path / "single" / trainer.WEIGHTS_FILE))
+    got = load_file(str(tmp_path / "ddp" / trainer.WEIGHTS_FILE))
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)
