@@ -175,6 +175,17 @@ def test_genie_sampler_runs_the_schedule_from_the_noised_latent_mode(pipe, sched
     assert (first_input[0] - sampled - (1 - alpha_bar).sqrt() * noise).abs().max() > 1e-2  # a sample would differ
 
 
+def test_genie_sampler_starts_from_pure_noise_at_full_ratio(pipe):
+    """The release returns the noise itself for r > 0.999, then runs every grid step."""
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    with UNetInputs(pipe) as unet:
+        genie_img2img(pipe, [image], ["a photo of a diode."], noise_ratio=1.0, num_inference_steps=4,
+                      guidance_scale=7.5, generators=[torch.Generator().manual_seed(3)])
+    noise = torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(3))
+    assert [t for _, t in unet.calls] == [999, 749, 500, 250]  # round(linspace(0, 999, 5))[::-1][:-1]
+    torch.testing.assert_close(unet.calls[0][0][0], noise)
+
+
 def test_fit_square_squashes_or_crops_the_centre():
     stripes = np.zeros((128, 256, 3), dtype=np.uint8)  # 256 wide: red | green (128 px) | blue
     stripes[:, :64, 0], stripes[:, 64:192, 1], stripes[:, 192:, 2] = 255, 255, 255
@@ -620,6 +631,31 @@ def test_cli_augments_historic_maps_for_training(lite_root, tmp_path):
     assert [record["step"] for record in log if record["event"] == "step"] == [1, 2]  # 3 satellites, batches of 2
     epoch = next(record for record in log if record["event"] == "epoch")
     assert (epoch["samples"]["original"], epoch["samples"]["preserving"]) == (0, 3)
+
+
+def test_cli_genie_images_are_trained_on(lite_root, tmp_path):
+    """`augment --modes genie` writes what `train --genie-manifest` appends to the training set."""
+    from lowres_vision.commands import augment as command
+    from lowres_vision.config import TrainConfig
+    from lowres_vision.training import train
+
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers())
+    args = parser.parse_args([
+        "augment", "--data-root", str(lite_root), "--task", "circuits", "--out", str(tmp_path / "aug"),
+        "--tiny", "--modes", "genie", "--genie-per-class", "2", "--steps", "4", "--device", "cpu",
+    ])
+    assert args.func(args) == 0
+    entries = read_manifest(tmp_path / "aug" / "manifest.jsonl")
+    assert sorted(entry["label"] for entry in entries) == [0, 0, 1, 1, 2, 2]
+    cfg = TrainConfig(task="circuits", data_root=str(lite_root), tiny=True, image_size=56, epochs=1, batch_size=6,
+                      out=str(tmp_path / "run"), eval_every=0, tokenization={"pool": "avg"},
+                      genie_manifest=str(tmp_path / "aug" / "manifest.jsonl"))
+    train(cfg)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in log if record["event"] == "step"] == [1, 2, 3]  # (12 + 6) / 6
+    epoch = next(record for record in log if record["event"] == "epoch")
+    assert epoch["samples"] == {"original": 12, "preserving": 0, "genie": 6, "breaking_pairs": 0}
 
 
 def test_cli_genie_ada_needs_a_trained_or_named_embedder(tmp_path):
