@@ -66,7 +66,7 @@ def test_search_matches_brute_force(tmp_path):
     expected_ids = np.argsort(-expected, axis=1)[:, :10]
     np.testing.assert_array_equal(ids, expected_ids)
     np.testing.assert_allclose(scores, np.take_along_axis(expected, expected_ids, axis=1), rtol=1e-5, atol=1e-6)
-    assert index.meta["index_kind"] == "flat"
+    assert index.meta["indices"][VLM_SPACE]["kind"] == "flat"
 
 
 def test_retrieve_drops_near_duplicates_greedily_in_rank_order(tmp_path):
@@ -220,7 +220,7 @@ def test_build_resumes_after_interruption(tmp_path):
     text = LookupEncoder(captions, 6, seed=1)
     with pytest.raises(KeyboardInterrupt):
         build_caption_index(captions, tmp_path / "index", vlm_encoder=vlm, text_encoder=text, batch_size=8)
-    assert json.loads((tmp_path / "index" / "progress.json").read_text()) == {"rows_done": 24}
+    assert json.loads((tmp_path / "index" / "progress" / "00000.json").read_text()) == {"rows_done": 24}
     with pytest.raises(RuntimeError, match="unfinished"):
         CaptionIndex.load(tmp_path / "index")
 
@@ -238,7 +238,7 @@ def test_build_resumes_after_interruption(tmp_path):
     assert again.calls == 0
     # Another index kind re-indexes the stored embeddings without embedding anything again.
     hnsw = build_caption_index(captions, tmp_path / "index", vlm_encoder=again, text_encoder=text_resumed, batch_size=8, index_kind="hnsw")
-    assert again.calls == 0 and hnsw.meta["index_kind"] == "hnsw"
+    assert again.calls == 0 and hnsw.meta["indices"][VLM_SPACE]["kind"] == "hnsw"
     np.testing.assert_array_equal(hnsw.search(VLM_SPACE, reference.embeddings(VLM_SPACE)[:3], k=1)[1].ravel(), [0, 1, 2])
     with pytest.raises(ValueError, match="another fingerprint"):
         build_caption_index(captions[:-1], tmp_path / "index", vlm_encoder=again, text_encoder=text_resumed, batch_size=8)
@@ -247,7 +247,8 @@ def test_build_resumes_after_interruption(tmp_path):
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_approximate_index_recall_against_flat(tmp_path, kind):
     # 4000 captions in 32 clusters (embeddings of real captions are clustered, not isotropic),
-    # queries near the data. Bound: recall@10 of the approximate index vs exact search >= 0.9.
+    # queries near the data. The search is tuned to 10-recall@10 0.95 on held-out corpus rows;
+    # bound: recall@10 of these other queries vs exact search >= 0.9.
     captions = make_captions(4000)
     generator = torch.Generator().manual_seed(3)
     centres = torch.randn(32, 32, generator=generator)
@@ -255,8 +256,9 @@ def test_approximate_index_recall_against_flat(tmp_path, kind):
     vlm = LookupEncoder(captions, 32, seed=0)
     vlm.rows = dict(zip(captions, table))
     text = LookupEncoder(captions, 4, seed=1)
-    index = build_caption_index(captions, tmp_path / kind, vlm_encoder=vlm, text_encoder=text, batch_size=1000, index_kind=kind)
-    assert index.meta["index_kind"] == kind
+    index = build_caption_index(captions, tmp_path / kind, vlm_encoder=vlm, text_encoder=text, batch_size=1000, index_kind=kind,
+                                recall_target=0.95)
+    assert index.meta["indices"][VLM_SPACE]["kind"] == kind and index.meta["indices"][VLM_SPACE]["recall_at_10"] >= 0.95
     queries = F.normalize(table[:200] + 0.3 * torch.randn(200, 32, generator=generator), dim=-1).numpy()
     _, ids = index.search(VLM_SPACE, queries, k=10)
     exact = np.argsort(-(queries @ table.numpy().T), axis=1)[:, :10]

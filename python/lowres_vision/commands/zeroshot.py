@@ -17,6 +17,7 @@ EXAMPLE_IMAGES = 4
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..core.ann import DEFAULT_MAX_INDEX_MEMORY, DEFAULT_RECALL_TARGET, INDEX_KINDS
     from ..data import task_names
 
     parser = subparsers.add_parser(
@@ -44,7 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     core.add_argument("--captions", type=Path, default=None, help="caption corpus: .txt (one per line), .csv/.tsv/.parquet with --caption-column (default: the shipped corpus)")
     core.add_argument("--caption-column", default=None)
     core.add_argument("--index-dir", type=Path, default=None, help="caption index directory, reused and resumed (default OUT/caption_index)")
-    core.add_argument("--index-kind", choices=("auto", "flat", "ivf", "hnsw"), default="auto")
+    core.add_argument("--index-kind", choices=INDEX_KINDS, default="auto",
+                      help="auto: exact up to 100k captions, a product-quantised IVF index within --max-index-memory above")
+    core.add_argument("--max-index-memory", default=DEFAULT_MAX_INDEX_MEMORY, help="RAM the caption index may hold per space (e.g. 4GB)")
+    core.add_argument("--recall-target", type=float, default=DEFAULT_RECALL_TARGET,
+                      help="10-recall@10 against exact search the approximate index's search is tuned to at build")
     core.add_argument("--text-encoder", default=None, help="text-to-text encoder name or path (default: bundled all-MiniLM-L6-v2)")
     core.add_argument("--text-pooling", choices=("mean", "last", "cls"), default="mean", help="'last' for SFR-Embedding-Mistral")
     core.add_argument("--text-query-prefix", default="", help="instruction prepended to retrieval queries")
@@ -122,6 +127,7 @@ def _open_core(args, config, captions, vlm_encoder, device):
     index = core.build_caption_index(
         captions, args.index_dir or args.out / "caption_index",
         vlm_encoder=vlm_encoder, text_encoder=text_encoder, batch_size=args.caption_batch_size, index_kind=args.index_kind,
+        max_index_memory=args.max_index_memory, recall_target=args.recall_target,
     )
     return core.CoRE(index, vlm_encoder, text_encoder, config)
 

@@ -2,6 +2,9 @@
 and plain zero-shot classification: a caption index searched with faiss, image->text and text->text
 retrieval, and the enrichment of image and class embeddings."""
 
+from .ann import (
+    DEFAULT_MAX_INDEX_MEMORY, DEFAULT_RECALL_TARGET, INDEX_KINDS, IndexPlan, SearchSettings, parse_memory, plan_index, recall_at_k,
+)
 from .encoders import (
     DEFAULT_VLM, HFTextEncoder, OpenCLIPTextEncoder, TextEncoder, default_text_encoder, encode_images, encode_queries, load_vlm,
     tiny_clip,
@@ -11,8 +14,7 @@ from .enrich import (
     enriched_logits, tune_alpha_beta, weighted_caption_embedding, zero_shot_weights,
 )
 from .index import (
-    DUPLICATE_COSINE, INDEX_KINDS, SPACES, TEXT_SPACE, VLM_SPACE, CaptionIndex, Retrieved, build_caption_index,
-    build_faiss_index, read_captions,
+    DUPLICATE_COSINE, SPACES, TEXT_SPACE, VLM_SPACE, CaptionIndex, Retrieved, build_caption_index, read_captions,
 )
 from .prompts import CORE_TEMPLATES, LITE_TEMPLATES, PROMPT_STYLES, default_templates, fill_templates
 
@@ -27,10 +29,11 @@ def default_captions_path():
 
 
 __all__ = [
-    "CORE_TEMPLATES", "CaptionIndex", "CoRE", "CoREConfig", "DEFAULT_CAPTIONS", "DEFAULT_TEMPERATURES", "DEFAULT_VLM", "DUPLICATE_COSINE",
-    "EnrichedClasses", "EnrichedQueries", "FORMULAS", "HFTextEncoder", "INDEX_KINDS", "LITE_TEMPLATES", "OpenCLIPTextEncoder",
-    "PROMPT_STYLES", "Retrieved", "SPACES", "TEXT_SPACE", "TUNING_GRID", "TextEncoder", "TuningResult", "VLM_SPACE", "build_caption_index", "build_faiss_index",
+    "CORE_TEMPLATES", "CaptionIndex", "CoRE", "CoREConfig", "DEFAULT_CAPTIONS", "DEFAULT_MAX_INDEX_MEMORY", "DEFAULT_RECALL_TARGET",
+    "DEFAULT_TEMPERATURES", "DEFAULT_VLM", "DUPLICATE_COSINE",
+    "EnrichedClasses", "EnrichedQueries", "FORMULAS", "HFTextEncoder", "INDEX_KINDS", "IndexPlan", "LITE_TEMPLATES", "OpenCLIPTextEncoder",
+    "PROMPT_STYLES", "Retrieved", "SPACES", "SearchSettings", "TEXT_SPACE", "TUNING_GRID", "TextEncoder", "TuningResult", "VLM_SPACE", "build_caption_index",
     "default_captions_path", "default_templates", "default_text_encoder", "encode_images", "encode_queries",
-    "enrich_class_weights", "enrich_queries", "enriched_logits", "fill_templates", "load_vlm", "read_captions", "tiny_clip",
+    "enrich_class_weights", "enrich_queries", "enriched_logits", "fill_templates", "load_vlm", "parse_memory", "plan_index", "read_captions", "recall_at_k", "tiny_clip",
     "tune_alpha_beta", "weighted_caption_embedding", "zero_shot_weights",
 ]

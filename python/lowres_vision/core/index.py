@@ -3,16 +3,17 @@
 Layout of an index directory:
 
     captions.txt          one caption per line (the corpus, newlines inside captions replaced by spaces)
-    meta.json             corpus fingerprint, encoder names, widths, batch size, index kinds
-    progress.json         rows embedded so far (the resume point of an interrupted build)
+    meta.json             corpus fingerprint, encoder names, batch and shard sizes, index settings; once
+                          complete, per space the index chosen, its tuned search settings and measured recall
+    progress/<shard>.json rows of each shard embedded so far (the resume point of an interrupted build)
     <space>.npy           [num_captions, dim] float32, L2-normalised, memory-mappable
-    <space>.faiss         the inner-product faiss index over <space>.npy
+    <space>.faiss         the inner-product faiss index over <space>.npy (+ <space>.faiss.ivfdata, the
+                          memory-mapped inverted lists of an IVF index)
 
 Two spaces: "vlm" holds the VLM text encoder's embeddings (image->text search, and the caption
 embeddings CoRE mixes into both branches), "text" holds the text-to-text encoder's embeddings
-(class prompt -> caption search). A build writes the embeddings batch by batch and records
-progress only after a batch is flushed to disk, so a build killed at any point resumes from the
-last completed batch when it is run again with the same corpus and encoders.
+(class prompt -> caption search). Embedding is sharded across ranks and resumable (`shards`);
+the index is chosen under a memory budget, built shard by shard and tuned to a recall target (`ann`).
 """
 
 from __future__ import annotations
@@ -20,25 +21,26 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
-import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from .ann import (
+    DEFAULT_MAX_INDEX_MEMORY, DEFAULT_RECALL_TARGET, INDEX_KINDS, SearchSettings, build_index, parse_memory, plan_index, read_index,
+    search_reranked, verify_search,
+)
 from .encoders import TextEncoder
+from .shards import (
+    DEFAULT_SHARD_ROWS, create_exclusively, embed_shards, rank_and_world, shard_ranges, shards_done, wait_until, write_json_atomically,
+)
 
 VLM_SPACE = "vlm"
 TEXT_SPACE = "text"
 SPACES = (VLM_SPACE, TEXT_SPACE)
-INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
-# Below this many captions an exact search is fast enough (a 100k x 1152 float32 scan is ~0.5 GB).
-FLAT_INDEX_MAX_CAPTIONS = 100_000
-HNSW_NEIGHBOURS = 32
 # Release: near-duplicate captions among the k retrieved ones are dropped above this cosine.
 DUPLICATE_COSINE = 0.94
 
@@ -80,56 +82,6 @@ def _fingerprint(captions: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def _write_json_atomically(path: Path, payload: dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2))
-    os.replace(temporary, path)
-
-
-def _resolve_index_kind(kind: str, num_captions: int) -> str:
-    if kind not in INDEX_KINDS:
-        raise ValueError(f"index_kind must be one of {INDEX_KINDS}, got {kind!r}")
-    if kind == "auto":
-        return "flat" if num_captions <= FLAT_INDEX_MAX_CAPTIONS else "ivf"
-    return kind
-
-
-def build_faiss_index(embeddings: np.ndarray, kind: str, *, chunk_rows: int = 65536, seed: int = 0):
-    """An inner-product faiss index over L2-normalised rows (so scores are cosines).
-
-    "flat" is exact; "ivf" clusters into ~4·sqrt(n) lists (k-means on a sample of at most 256 rows
-    per list); "hnsw" is a graph index with 32 neighbours per node. Rows are added in chunks so a
-    memory-mapped array is never read whole.
-    """
-    import faiss
-
-    num_rows, dim = embeddings.shape
-    if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
-    elif kind == "ivf":
-        num_lists = max(1, min(num_rows // 39, int(4 * math.sqrt(num_rows))))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, num_lists, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(seed).choice(num_rows, size=min(num_rows, 256 * num_lists), replace=False)
-        index.train(np.ascontiguousarray(embeddings[np.sort(sample)], dtype=np.float32))
-    else:
-        raise ValueError(f"index kind must be 'flat', 'ivf' or 'hnsw', got {kind!r}")
-    for start in range(0, num_rows, chunk_rows):
-        index.add(np.ascontiguousarray(embeddings[start : start + chunk_rows], dtype=np.float32))
-    return index
-
-
-def _read_faiss_index(path: Path):
-    import faiss
-
-    try:
-        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-    except RuntimeError:
-        # Index types without memory-mapping support in this faiss build are read into memory.
-        return faiss.read_index(str(path))
-
-
 def build_caption_index(
     captions: Sequence[str],
     directory: Path | str,
@@ -138,89 +90,78 @@ def build_caption_index(
     text_encoder: TextEncoder,
     batch_size: int = 256,
     index_kind: str = "auto",
+    max_index_memory: str | int = DEFAULT_MAX_INDEX_MEMORY,
+    recall_target: float = DEFAULT_RECALL_TARGET,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> "CaptionIndex":
     """Embeds `captions` with both encoders into `directory` and builds the faiss indices.
 
-    Re-running on a directory that holds an unfinished build of the same corpus and encoders
-    continues after the last completed batch; a finished one is loaded (and re-indexed from its
-    stored embeddings when another `index_kind` is asked for).
+    `index_kind="auto"` searches exactly up to 100k captions and with a product-quantised IVF index
+    sized to `max_index_memory` above; its search is tuned to 10-recall@10 >= `recall_target` (see
+    `ann`). Re-running on a directory that holds an unfinished build of the same corpus and encoders
+    continues after the last completed batch of each shard; a finished one is loaded (and re-indexed
+    from its stored embeddings when other index settings are asked for). With several ranks each
+    embeds its shards, rank 0 waits for all of them and builds the index, and every rank returns it.
     """
     captions = list(captions)
     if not captions:
         raise ValueError("build_caption_index: the caption corpus is empty")
-    if batch_size < 1:
-        raise ValueError(f"build_caption_index: batch_size must be >= 1, got {batch_size}")
+    for name, value in (("batch_size", batch_size), ("shard_rows", shard_rows)):
+        if value < 1:
+            raise ValueError(f"build_caption_index: {name} must be >= 1, got {value}")
+    if index_kind not in INDEX_KINDS:
+        raise ValueError(f"index_kind must be one of {INDEX_KINDS}, got {index_kind!r}")
+    parse_memory(max_index_memory)
+    if not 0.0 < recall_target <= 1.0:
+        raise ValueError(f"recall_target must lie in (0, 1], got {recall_target}")
+    rank, world_size = rank_and_world(rank, world_size)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    meta_path, progress_path = directory / "meta.json", directory / "progress.json"
+    meta_path = directory / "meta.json"
     encoders = {VLM_SPACE: vlm_encoder, TEXT_SPACE: text_encoder}
     meta = {
-        "num_captions": len(captions),
         "fingerprint": _fingerprint(captions),
+        "num_captions": len(captions),
         "encoders": {space: encoder.name for space, encoder in encoders.items()},
         "batch_size": batch_size,
-        "index_kind": _resolve_index_kind(index_kind, len(captions)),
+        "shard_rows": shard_rows,
     }
-    if meta_path.is_file():
-        existing = json.loads(meta_path.read_text())
-        for key in ("fingerprint", "encoders", "batch_size"):
-            if existing.get(key) != meta[key]:
-                raise ValueError(
-                    f"build_caption_index: {directory} holds an index built with another {key} "
-                    f"({existing.get(key)!r} vs {meta[key]!r}); use a new directory or delete it"
-                )
-        meta["dims"] = existing.get("dims", {})
-        if existing.get("complete"):
-            if existing["index_kind"] != meta["index_kind"]:
-                # The embeddings are the expensive part: only the faiss indices are rebuilt.
-                _write_faiss_indices(directory, meta)
-            return CaptionIndex.load(directory)
-    else:
-        (directory / "captions.txt").write_text("".join(caption + "\n" for caption in captions), encoding="utf-8")
-        meta["dims"] = {}
-        _write_json_atomically(meta_path, meta)
-
-    rows_done = json.loads(progress_path.read_text())["rows_done"] if progress_path.is_file() else 0
-    arrays: dict[str, np.ndarray] = {
-        space: np.load(directory / f"{space}.npy", mmap_mode="r+") for space in meta["dims"] if rows_done > 0
-    }
-    starts = range(rows_done, len(captions), batch_size)
-    with tqdm(total=len(captions), initial=rows_done, desc="embedding captions", unit="caption") as progress:
-        for start in starts:
-            batch = captions[start : start + batch_size]
-            for space, encoder in encoders.items():
-                embeddings = encoder.encode(batch).detach().float().cpu().numpy()
-                if embeddings.shape[0] != len(batch):
-                    raise ValueError(f"{encoder.name} returned {embeddings.shape[0]} embeddings for {len(batch)} captions")
-                if space not in arrays:
-                    meta["dims"][space] = int(embeddings.shape[1])
-                    arrays[space] = np.lib.format.open_memmap(
-                        directory / f"{space}.npy", mode="w+", dtype=np.float32, shape=(len(captions), embeddings.shape[1])
-                    )
-                if embeddings.shape[1] != arrays[space].shape[1]:
-                    raise ValueError(
-                        f"{encoder.name} gives {embeddings.shape[1]}-d embeddings but the '{space}' space of "
-                        f"{directory} holds {arrays[space].shape[1]}-d ones"
-                    )
-                arrays[space][start : start + len(batch)] = embeddings
-                arrays[space].flush()
-            if start == 0:
-                _write_json_atomically(meta_path, meta)
-            _write_json_atomically(progress_path, {"rows_done": start + len(batch)})
-            progress.update(len(batch))
-
-    _write_faiss_indices(directory, meta)
+    settings = {"index_kind": index_kind, "max_index_memory": str(max_index_memory), "recall_target": recall_target}
+    create_exclusively(directory / "captions.txt", lambda path: path.write_text("".join(c + "\n" for c in captions), encoding="utf-8"))
+    create_exclusively(meta_path, lambda path: path.write_text(json.dumps(meta, indent=2)))
+    existing = json.loads(meta_path.read_text())
+    for key in meta:
+        if existing.get(key) != meta[key]:
+            raise ValueError(
+                f"build_caption_index: {directory} holds an index built with another {key} "
+                f"({existing.get(key)!r} vs {meta[key]!r}); use a new directory or delete it"
+            )
+    if existing.get("complete") and all(existing.get(key) == value for key, value in settings.items()):
+        return CaptionIndex.load(directory)
+    embed_shards(captions, directory, encoders, batch_size=batch_size, shard_rows=shard_rows, rank=rank, world_size=world_size)
+    num_shards = len(shard_ranges(len(captions), shard_rows))
+    wait_until(lambda: shards_done(directory, len(captions), shard_rows) == num_shards, "the other ranks' shards")
+    if rank == 0:
+        _index_spaces(directory, {**meta, **settings})
+    wait_until(lambda: _is_complete(directory, settings), "rank 0's index")
     return CaptionIndex.load(directory)
 
 
-def _write_faiss_indices(directory: Path, meta: dict) -> None:
-    """Indexes the finished embeddings of both spaces with `meta["index_kind"]`, then marks the build complete."""
-    import faiss
+def _is_complete(directory: Path, settings: dict) -> bool:
+    meta = json.loads((directory / "meta.json").read_text())
+    return bool(meta.get("complete")) and all(meta.get(key) == value for key, value in settings.items())
 
+
+def _index_spaces(directory: Path, meta: dict) -> None:
+    """Indexes the finished embeddings of both spaces, records what was chosen and measured, marks the build complete."""
+    indices = {}
     for space in SPACES:
-        index = build_faiss_index(np.load(directory / f"{space}.npy", mmap_mode="r"), meta["index_kind"])
-        faiss.write_index(index, str(directory / f"{space}.faiss"))
-    _write_json_atomically(directory / "meta.json", {**meta, "complete": True})
+        vectors = np.load(directory / f"{space}.npy", mmap_mode="r")
+        plan = plan_index(*vectors.shape, meta["index_kind"], meta["max_index_memory"])
+        indices[space] = build_index(vectors, directory / f"{space}.faiss", plan, recall_target=meta["recall_target"], shard_rows=meta["shard_rows"])
+    write_json_atomically(directory / "meta.json", {**meta, "indices": indices, "complete": True})
 
 
 class CaptionLines(Sequence[str]):
@@ -262,13 +203,17 @@ class Retrieved:
 class CaptionIndex:
     """A finished caption index directory, memory-mapped (see the module docstring)."""
 
-    def __init__(self, directory: Path, meta: dict, captions: Sequence[str], embeddings: dict, indices: dict) -> None:
+    def __init__(self, directory: Path, meta: dict, captions: Sequence[str], embeddings: dict, indices: dict, settings: dict) -> None:
         self.directory, self.meta, self.captions = directory, meta, captions
-        self._embeddings, self._indices = embeddings, indices
+        self._embeddings, self._indices, self.settings = embeddings, indices, settings
+        self._verified: set[str] = set()  # spaces whose recall was checked on real queries (`verify_search`)
 
     @classmethod
-    def load(cls, directory: Path | str, *, nprobe: int | None = None, ef_search: int = 128) -> "CaptionIndex":
-        """Opens an index; `nprobe` (IVF, default 1/8 of the lists) and `ef_search` (HNSW) trade speed for recall."""
+    def load(cls, directory: Path | str, *, nprobe: int | None = None, ef_search: int | None = None,
+             rerank_factor: int | None = None) -> "CaptionIndex":
+        """Opens an index searched with the settings tuned at build (raised by the first search if its queries
+        need more, see `ann.verify_search`); `nprobe` (IVF), `ef_search` (HNSW) and `rerank_factor` (candidates
+        re-ranked exactly per result) replace them as given, with a warning when below."""
         directory = Path(directory)
         meta_path = directory / "meta.json"
         if not meta_path.is_file():
@@ -278,13 +223,25 @@ class CaptionIndex:
             raise RuntimeError(f"the caption index in {directory} is unfinished; run build_caption_index again to resume it")
         captions = CaptionLines(directory / "captions.txt")
         embeddings = {space: np.load(directory / f"{space}.npy", mmap_mode="r") for space in SPACES}
-        indices = {space: _read_faiss_index(directory / f"{space}.faiss") for space in SPACES}
-        for index in indices.values():
-            if hasattr(index, "nlist"):
-                index.nprobe = nprobe if nprobe is not None else max(1, index.nlist // 8)
-            if hasattr(index, "hnsw"):
-                index.hnsw.efSearch = ef_search
-        return cls(directory, meta, captions, embeddings, indices)
+        indices, settings = {}, {}
+        overrides = {"nprobe": nprobe, "ef_search": ef_search, "rerank_factor": rerank_factor}
+        for space in SPACES:
+            built = meta["indices"][space]
+            tuned = {name: built[name] for name in overrides}
+            chosen = {name: tuned[name] if value is None or tuned[name] is None else value for name, value in overrides.items()}
+            lowered = [f"{name} {chosen[name]} < {tuned[name]}" for name in overrides if tuned[name] is not None and chosen[name] < tuned[name]]
+            if lowered:
+                warnings.warn(
+                    f"the '{space}' index of {directory} was tuned to 10-recall@10 {built['recall_at_10']:.3f} "
+                    f"(target {built['recall_target']}); searching with {', '.join(lowered)} gives less", stacklevel=2,
+                )
+            indices[space] = read_index(directory / f"{space}.faiss")
+            settings[space] = SearchSettings(**chosen)
+            settings[space].apply(indices[space])
+        loaded = cls(directory, meta, captions, embeddings, indices, settings)
+        if any(value is not None for value in overrides.values()):
+            loaded._verified.update(SPACES)  # settings the caller chose (and was warned about) are kept as given
+        return loaded
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -311,7 +268,14 @@ class CaptionIndex:
             )
         if k < 1:
             raise ValueError(f"search: k must be >= 1, got {k}")
-        return self._indices[space].search(queries, min(k, len(self)))
+        built = self.meta["indices"][space]
+        if built["kind"] == "flat":
+            return self._indices[space].search(queries, min(k, len(self)))
+        if space not in self._verified:
+            where = f"the '{space}' index of {self.directory}"
+            self.settings[space] = verify_search(self._indices[space], self.embeddings(space), queries, built, self.settings[space], where=where)
+            self._verified.add(space)
+        return search_reranked(self._indices[space], self.embeddings(space), queries, min(k, len(self)), self.settings[space])
 
     def retrieve(
         self, space: str, queries: torch.Tensor | np.ndarray, k: int = 10, *, duplicate_threshold: float | None = DUPLICATE_COSINE
