@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +32,12 @@ from .errors import InputError
 
 BASELINES = ("tokenization", "domain_attention", "adapter")  # the injections of lowres_vision.inject
 LINEAR_PROBES = ("logreg", "head")
+NONFINITE_POLICIES = ("stop", "skip")
+# The settings a resumed run may change: how long it trains, how often it logs, evaluates and
+# checkpoints, where it reads and runs, what it finally evaluates; not what a step computes.
+# (Were an lr schedule to depend on `epochs`, epochs would leave this list.)
+RESUME_MAY_CHANGE = ("epochs", "data_root", "out", "device", "num_workers", "eval_batch_size", "eval_every",
+                     "eval_split", "checkpoint_every", "log_every", "resume", "overwrite", "on_nonfinite")
 
 
 class ConfigError(InputError):
@@ -84,6 +91,8 @@ class TrainConfig:
     checkpoint_every: int = 0
     log_every: int = 1
     resume: bool = False
+    overwrite: bool = False  # a new run in `out` replaces the run there (else that is refused)
+    on_nonfinite: str = "stop"  # a step with a non-finite loss: "stop" the run, or "skip" its update
 
     def validate(self) -> "TrainConfig":
         if isinstance(self.linear_probe, bool):  # the old bool setting: true trained the head
@@ -98,8 +107,8 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "logit_scale", "replaced_weight"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(f"{name} must be finite and > 0, got {getattr(self, name)}")
         for name in ("replace_prob", "random_erasing"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -110,6 +119,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} mixes class labels; task {self.task!r} is a retrieval task")
         if self.breaking_loss_weight < 0:
             raise ConfigError(f"breaking_loss_weight must be >= 0, got {self.breaking_loss_weight}")
+        if not math.isfinite(self.breaking_loss_weight):
+            raise ConfigError(f"breaking_loss_weight must be finite, got {self.breaking_loss_weight}")
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {self.on_nonfinite!r}")
         if self.eval_split not in ("val", "test"):
             raise ConfigError(f"eval_split must be 'val' or 'test', got {self.eval_split!r}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.split(":")[0] == "cuda"):
@@ -123,11 +136,17 @@ class TrainConfig:
             _check_logistic_regression_probe(self)
         if self.resume and not self.out:
             raise ConfigError("resume needs out (the run directory holding checkpoint.safetensors)")
+        if self.resume and self.overwrite:
+            raise ConfigError("resume continues the run in out and overwrite replaces it: give one of them")
         if self.pretrained and self.checkpoint:
             raise ConfigError(f"give pretrained ({self.pretrained!r}) or checkpoint ({self.checkpoint!r}), not both")
         if self.genie_manifest is not None and is_retrieval(self.task):
             raise ConfigError(f"genie_manifest: GeNIe hard negatives are labelled with a class; task {self.task!r} "
                               f"is a retrieval task")
+        if self.tiny and (self.pretrained or self.checkpoint):
+            weights = "pretrained" if self.pretrained else "checkpoint"
+            raise ConfigError(f"tiny builds a randomly initialised tower: it cannot load {weights} "
+                              f"({self.pretrained or self.checkpoint!r})")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,9 +217,12 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Settings from `path` (optional), then `overrides` (e.g. CLI flags; None values are ignored)."""
-    values = read_config_file(path) if path is not None else {}
+def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None, *,
+                base: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Settings of `base` (e.g. a stored run's), then of `path` (optional), then `overrides` (e.g. CLI
+    flags; None values are ignored)."""
+    values = dict(base or {})
+    values.update(read_config_file(path) if path is not None else {})
     values.update({name: value for name, value in (overrides or {}).items() if value is not None})
     values = {name: None if value is DISABLED else value for name, value in values.items()}
     return config_from_dict(values, source=str(path) if path is not None else "settings")
@@ -275,6 +297,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=spec.name, type=kind, default=None, metavar=kind.__name__.upper(), help=shown)
 
 
-def config_from_args(args: argparse.Namespace, config_path: str | os.PathLike | None = None) -> TrainConfig:
-    """The config file (if any) overridden by the flags of `add_config_arguments` that were given."""
-    return load_config(config_path, {name: getattr(args, name) for name in FIELD_NAMES})
+def config_from_args(args: argparse.Namespace, config_path: str | os.PathLike | None = None, *,
+                     base: Mapping[str, Any] | None = None) -> TrainConfig:
+    """`base`, then the config file (if any), overridden by the flags of `add_config_arguments` that were given."""
+    return load_config(config_path, {name: getattr(args, name) for name in FIELD_NAMES}, base=base)

@@ -167,6 +167,7 @@ def _run_demo(settings: DemoSettings) -> dict:
                 checkpoint=settings.checkpoint, tiny=settings.tiny, image_size=settings.image_size,
                 epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
                 out=str(run_dir), device=settings.device, eval_every=settings.epochs,
+                overwrite=True,  # the demo's folder is its own: running it again redoes its runs
                 **configuration(name, task), **settings.extra,
             )
             run_started = time.time()

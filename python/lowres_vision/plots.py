@@ -283,16 +283,17 @@ def plot_run(run: PathLike, out: Optional[PathLike] = None) -> list[Path]:
     # A logistic-regression probe is fitted, not trained: its log holds no loss to draw.
     if log_path.is_file() and any("loss" in record for record in read_log(log_path)):
         written.append(plot_training_curves(log_path, out / "training_curves.png"))
-    predictions_path = run / "predictions.npz"
-    if predictions_path.is_file():
+    for predictions_path in sorted(run.glob("predictions-*.npz")):  # one per evaluated split
+        split = predictions_path.stem.removeprefix("predictions-")
         with np.load(predictions_path, allow_pickle=False) as predictions:
             if "logits" in predictions:
                 written.append(plot_confusion_matrix(predictions["logits"], predictions["labels"],
-                                                     [str(c) for c in predictions["class_names"]], out / "confusion_matrix.png"))
+                                                     [str(c) for c in predictions["class_names"]],
+                                                     out / f"confusion_matrix_{split}.png"))
             elif "query_embeddings" in predictions:
                 written.append(plot_retrieval_examples(
                     predictions["query_embeddings"], predictions["gallery_embeddings"], predictions["ground_truth"],
                     [str(p) for p in predictions["query_paths"]], [str(p) for p in predictions["gallery_paths"]],
-                    out / "retrieval_examples.png",
+                    out / f"retrieval_examples_{split}.png",
                 ))
     return written

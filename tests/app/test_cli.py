@@ -26,18 +26,18 @@ def test_train_then_eval(lite_root, tmp_path, capsys):
     code = cli.main(["train", "--task", "circuits", "--data-root", str(lite_root), "--out", str(run), "--epochs", "2",
                      "--tokenization", '{"pool": "avg"}', *TINY])
     assert code == 0
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics-test.json").read_text())["metrics"]
     assert json.loads(capsys.readouterr().out) == metrics
     assert set(metrics) == {"top1", "top5"}
     for name in ("config.json", "log.jsonl", "checkpoint.safetensors", "checkpoint.json", "trainable.safetensors",
-                 "predictions.npz"):
+                 "predictions-test.npz"):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
     assert config["tokenization"] == {"pool": "avg"} and config["epochs"] == 2 and config["tiny"] is True
 
-    (run / "metrics.json").unlink()
+    (run / "metrics-test.json").unlink()
     assert cli.main(["eval", str(run)]) == 0
-    assert json.loads((run / "metrics.json").read_text()) == pytest.approx(metrics)
+    assert json.loads((run / "metrics-test.json").read_text())["metrics"] == pytest.approx(metrics)
     assert json.loads(capsys.readouterr().out) == pytest.approx(metrics)
 
 
@@ -49,7 +49,7 @@ def test_config_file_with_flag_overrides(lite_root, tmp_path):
     assert cli.main(["train", "--config", str(config), "--epochs", "1", "--out", str(run), *TINY]) == 0
     resolved = json.loads((run / "config.json").read_text())
     assert (resolved["epochs"], resolved["seed"], resolved["adapter"]) == (1, 7, {"kind": "lora", "rank": 2})
-    assert "R@1" in json.loads((run / "metrics.json").read_text())
+    assert "R@1" in json.loads((run / "metrics-test.json").read_text())["metrics"]
 
 
 def test_invalid_settings_are_reported_with_their_name(lite_root, tmp_path, capsys):

@@ -50,17 +50,17 @@ def test_demo_command_runs_one_configuration_and_writes_table_and_plots(data_roo
                  "--configs", "linear-probe", "--epochs", "1", "--image-size", "56"]) == 0
     report = json.loads((out / "results.json").read_text())
     run = out / "circuits" / "linear-probe"
-    assert report["results"]["Linear probe"]["circuits"] == json.loads((run / "metrics.json").read_text())
+    assert report["results"]["Linear probe"]["circuits"] == json.loads((run / "metrics-test.json").read_text())["metrics"]
     table = (out / "results.md").read_text()
     top1 = report["results"]["Linear probe"]["circuits"]["top1"]
     assert f"| Linear probe | {top1:.1f} |" in table
     assert (out / "results.png").stat().st_size > 0
     # The linear probe is the release's logistic regression: fitted once, no loss curve to draw.
-    assert sorted(p.name for p in (run / "plots").iterdir()) == ["confusion_matrix.png"]
-    assert [json.loads(line)["event"] for line in (run / "log.jsonl").read_text().splitlines()] == ["fit"]
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["confusion_matrix_test.png"]
+    assert [json.loads(line)["event"] for line in (run / "log.jsonl").read_text().splitlines()] == ["run", "fit"]
     # `plot` regenerates the figures of a run into another folder.
     assert main(["plot", str(run), "--out", str(tmp_path / "again")]) == 0
-    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["confusion_matrix.png"]
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["confusion_matrix_test.png"]
 
 
 def test_demo_all_baselines_on_retrieval(data_root, tmp_path):
@@ -70,5 +70,5 @@ def test_demo_all_baselines_on_retrieval(data_root, tmp_path):
     metrics = results["+ All"]["historic-maps"]
     assert 0 <= metrics["R@1"] <= metrics["R@5"] <= 100 and metrics["mean_rank"] >= 1
     plots = sorted(p.name for p in (tmp_path / "demo" / "historic-maps" / "all" / "plots").iterdir())
-    assert plots == ["domain_attention_maps_visual_transformer_resblocks_2_domain_attention.png", "retrieval_examples.png",
+    assert plots == ["domain_attention_maps_visual_transformer_resblocks_2_domain_attention.png", "retrieval_examples_test.png",
                      "subkernel_weights_visual_conv1.png", "training_curves.png"]

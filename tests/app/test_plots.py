@@ -35,7 +35,8 @@ def run_dir(tmp_path):
     records += [{"event": "epoch", "epoch": e, "step": 3 * e + 2, "loss": 1.0 / (1 + e), "val/top1": 30.0 + 10 * e, "val/top5": 80.0} for e in range(2)]
     (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     logits = np.eye(3)[[0, 1, 2, 2, 1]] * 5.0
-    np.savez(run / "predictions.npz", logits=logits, labels=np.array([0, 1, 2, 0, 1]), class_names=np.array(["a", "b", "c"]))
+    np.savez(run / "predictions-test.npz", logits=logits, labels=np.array([0, 1, 2, 0, 1]), class_names=np.array(["a", "b", "c"]))
+    np.savez(run / "predictions-val.npz", logits=logits[:3], labels=np.array([0, 1, 2]), class_names=np.array(["a", "b", "c"]))
     return run
 
 
@@ -43,7 +44,8 @@ def test_plot_run_writes_every_applicable_plot(run_dir):
     written = plots.plot_run(run_dir)
     names = sorted(p.name for p in written)
     assert names == [
-        "confusion_matrix.png",
+        "confusion_matrix_test.png",
+        "confusion_matrix_val.png",
         "domain_attention_maps_visual_transformer_resblocks_1_domain_attention.png",
         "subkernel_weights_visual_conv1.png",
         "training_curves.png",
@@ -63,10 +65,10 @@ def test_plot_run_draws_retrieval_examples(tmp_path):
         images.append(str(path))
     gallery = np.eye(6, 8)
     queries = gallery[[0, 1, 2, 3, 4, 5]] + 0.01
-    np.savez(run / "predictions.npz", query_embeddings=queries, gallery_embeddings=gallery, ground_truth=np.array([0, 1, 2, 3, 5, 4]),
+    np.savez(run / "predictions-test.npz", query_embeddings=queries, gallery_embeddings=gallery, ground_truth=np.array([0, 1, 2, 3, 5, 4]),
              query_paths=np.array(images), gallery_paths=np.array(images))
     (path,) = plots.plot_run(run, tmp_path / "out")
-    assert path == tmp_path / "out" / "retrieval_examples.png" and _png_size(path)[0] > 300
+    assert path == tmp_path / "out" / "retrieval_examples_test.png" and _png_size(path)[0] > 300
 
 
 def test_confusion_matrix_counts_by_hand():

@@ -14,8 +14,9 @@ import torch.multiprocessing as mp
 from PIL import Image
 from safetensors.torch import load_file
 
-from lowres_vision.config import TrainConfig
+from lowres_vision.config import ConfigError, TrainConfig
 from lowres_vision.training import evaluate, train
+from lowres_vision.training.run_directory import RunDirectoryError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -31,7 +32,9 @@ def _log(run: Path) -> list[dict]:
 
 
 def _without_time(records: list[dict]) -> list[dict]:
-    return [{key: value for key, value in record.items() if key != "time"} for record in records]
+    """The training records, without their times (the "run" / "resume" records name the run: not compared)."""
+    return [{key: value for key, value in record.items() if key != "time"} for record in records
+            if record["event"] not in ("run", "resume")]
 
 
 class Killed(Exception):
@@ -55,17 +58,20 @@ def test_classification_learns_and_writes_the_run_directory(lite_root, tmp_path)
     steps = [record for record in _log(run) if record["event"] == "step"]
     assert [record["step"] for record in steps] == list(range(1, 10))  # 12 images / batch 4, 3 epochs
 
-    assert json.loads((run / "config.json").read_text()) == cfg.to_dict()
+    config = json.loads((run / "config.json").read_text())
+    assert config == {"run_id": config["run_id"], **cfg.to_dict()}
     trainable = load_file(str(run / "trainable.safetensors"))
     assert {"visual.conv1.logits", "head.linear.weight", "head.norm.weight"} <= set(trainable)
     assert any(name.endswith("domain_attention.maps") for name in trainable)
     assert not torch.equal(trainable["visual.conv1.logits"], torch.ones(49))  # the sub-kernel weights moved
 
-    predictions = np.load(run / "predictions.npz")
+    predictions = np.load(run / "predictions-test.npz")
     assert predictions["logits"].shape == (6, 3) and list(predictions["class_names"]) == ["class_3", "class_7", "class_10"]
     assert predictions["labels"].tolist() == [0, 0, 1, 1, 2, 2]
     top1 = 100 * np.mean(predictions["logits"].argmax(1) == predictions["labels"])
-    assert json.loads((run / "metrics.json").read_text()) == metrics
+    assert json.loads((run / "metrics-test.json").read_text()) == {
+        "run_id": config["run_id"], "split": "test", "parameters": "trainable.safetensors", "global_step": 9,
+        "metrics": metrics}
     assert metrics["top1"] == pytest.approx(top1) and metrics["top5"] == 100.0  # 3 classes: top-5 is everything
 
     assert evaluate(cfg) == pytest.approx(metrics)  # the frozen backbone is rebuilt from the seed
@@ -218,7 +224,7 @@ def test_genie_manifest_errors_name_the_setting(lite_root, tmp_path):
 def test_resume_refuses_a_different_batch_size(lite_root, tmp_path):
     with pytest.raises(Killed):
         train(_config(lite_root, tmp_path, checkpoint_every=1), on_step=_kill_at(1))
-    with pytest.raises(ValueError, match="batch_size=4; this run has .*batch_size=2"):
+    with pytest.raises(ConfigError, match="settings differ from .*config.json: batch_size 4 -> 2"):
         train(_config(lite_root, tmp_path, batch_size=2, resume=True))
 
 
@@ -235,7 +241,7 @@ def test_same_seed_gives_the_same_parameters(lite_root, tmp_path):
 def test_retrieval_training_and_metrics(lite_root, tmp_path):
     maps = _config(lite_root, tmp_path / "maps", task="historic-maps", epochs=1, tokenization=None, adapter={"kind": "lora", "rank": 2})
     metrics = train(maps)
-    predictions = np.load(Path(maps.out) / "predictions.npz")
+    predictions = np.load(Path(maps.out) / "predictions-test.npz")
     queries, gallery = predictions["query_embeddings"], predictions["gallery_embeddings"]
     assert queries.shape == (6, 64) and gallery.shape == (3, 64)  # gallery: the unique satellite images
     assert predictions["ground_truth"].tolist() == [0, 0, 1, 1, 2, 2]
@@ -249,7 +255,7 @@ def test_retrieval_training_and_metrics(lite_root, tmp_path):
     metrics = train(drawings)
     for name in ("R@1", "R@5", "mean_rank"):
         assert metrics[name] == pytest.approx((metrics[f"query_to_gallery/{name}"] + metrics[f"gallery_to_query/{name}"]) / 2)
-    predictions = np.load(Path(drawings.out) / "predictions.npz")
+    predictions = np.load(Path(drawings.out) / "predictions-test.npz")
     scores = predictions["gallery_embeddings"] @ predictions["query_embeddings"].T  # render -> drawing, paired by row
     backward = 1 + (scores > np.diag(scores)[:, None]).sum(1)
     assert metrics["gallery_to_query/mean_rank"] == pytest.approx(backward.mean())
@@ -319,7 +325,7 @@ def test_logistic_regression_probe_run_predicts_as_sklearn_on_the_frozen_class_t
 
     reference = LogisticRegression(C=0.316, max_iter=1000, random_state=0).fit(*features("train"))
     test_features, test_labels = features("test")
-    logits = np.load(run / "predictions.npz")["logits"]
+    logits = np.load(run / "predictions-test.npz")["logits"]
     np.testing.assert_allclose(logits, reference.decision_function(test_features), rtol=1e-4, atol=1e-4)
     assert logits.argmax(1).tolist() == reference.predict(test_features).tolist()
     assert metrics["top1"] == pytest.approx(100 * np.mean(reference.predict(test_features) == test_labels))
@@ -383,7 +389,7 @@ def test_paired_training_batches_hold_each_gallery_image_once(tmp_path):
 def test_nothing_to_train_and_missing_run_are_clear_errors(lite_root, tmp_path):
     with pytest.raises(ValueError, match="nothing to train"):
         train(_config(lite_root, tmp_path / "frozen", task="historic-maps", tokenization=None))
-    with pytest.raises(FileNotFoundError, match="no trained parameters at .*trainable.safetensors"):
+    with pytest.raises(RunDirectoryError, match="never holds no run"):
         evaluate(_config(lite_root, tmp_path / "never"))
 
 
@@ -422,7 +428,7 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(lite_roo
     assert load_file(str(tmp_path / "ddp" / "trainable.safetensors")).keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(rank0[name], expected[name], atol=1e-5, rtol=1e-4)
-    assert [record["step"] for record in _log(tmp_path / "ddp")] == [1, 2, 3, 3]  # rank 0 alone wrote it
+    assert [record["step"] for record in _log(tmp_path / "ddp")] == [0, 1, 2, 3, 3]  # rank 0 alone wrote it
 
 
 # ----------------------------------------------------------------------------- the paper's augmentation baselines

@@ -10,8 +10,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="evaluate a trained run on its test (or val) split",
-        description="Rebuilds the model from RUN/config.json, loads RUN/trainable.safetensors, evaluates it and "
-                    "rewrites RUN/metrics.json and RUN/predictions.npz.",
+        description="Rebuilds the model from RUN/config.json, loads RUN/trainable.safetensors (of the same run), "
+                    "evaluates it on one split and writes RUN/metrics-<split>.json and RUN/predictions-<split>.npz; "
+                    "the other splits' results stay.",
     )
     parser.add_argument("run", metavar="RUN", help="run directory written by `lowres-vision train --out RUN`")
     parser.add_argument("--split", choices=("val", "test"), default=None, help="split to evaluate (default: the run's eval_split)")
@@ -26,9 +27,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from ..config import load_config
     from ..training import evaluate
+    from ..training.run_directory import read_run_config
 
     overrides = {"out": args.run, "eval_split": args.split, "data_root": args.data_root, "device": args.device,
                  "eval_batch_size": args.eval_batch_size, "resume": False}
-    metrics = evaluate(load_config(Path(args.run) / "config.json", overrides))
+    metrics = evaluate(load_config(None, overrides, base=read_run_config(Path(args.run))[1]))
     print(json.dumps(metrics, indent=2))
     return 0

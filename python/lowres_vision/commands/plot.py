@@ -10,7 +10,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "plot",
         help="draw the figures of a training run",
         description="Reads trainable.safetensors (domain-attention maps, sub-kernel weights), log.jsonl (training "
-                    "curves) and predictions.npz (confusion matrix or top-5 retrieval examples) from run "
+                    "curves) and predictions-<split>.npz (confusion matrix or top-5 retrieval examples) from run "
                     "directories and writes PNGs.",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by `lowres-vision train --out RUN`")

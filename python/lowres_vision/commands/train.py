@@ -14,8 +14,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train baselines (sub-kernel tokenization, domain attention, adapters) or a linear probe",
         description="Trains on the task's train split and writes the run directory --out (config.json, log.jsonl, "
-                    "checkpoint, trainable.safetensors, metrics.json, predictions.npz). Settings come from --config "
-                    "(JSON or TOML) and are overridden by the flags below. Under torchrun it trains with DDP.",
+                    "checkpoint, trainable.safetensors, metrics-<split>.json, predictions-<split>.npz; see "
+                    "lowres_vision.training). Settings come from --config (JSON or TOML) and are overridden by the "
+                    "flags below; --resume starts from the run's stored settings and refuses flags that would "
+                    "change what it computes. Under torchrun it trains with DDP.",
     )
     parser.add_argument("--config", metavar="FILE", help="JSON or TOML file of settings (TrainConfig fields)")
     parser.add_argument("--dry-run", action="store_true",
@@ -53,9 +55,17 @@ def format_report(report: dict) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..config import ConfigError, config_from_args
+    from pathlib import Path
 
-    cfg = config_from_args(args, args.config)
+    from ..config import ConfigError, config_from_args
+    from ..training.run_directory import read_run_config
+
+    # A resume starts from the run's own settings: only the flags given are compared with them.
+    base = None
+    if args.resume and args.out and not args.overwrite:  # (both: the settings' own error says so)
+        base = {name: value for name, value in read_run_config(Path(args.out))[1].items()
+                if name not in ("resume", "overwrite")}
+    cfg = config_from_args(args, args.config, base=base)
     if args.analytic_only and not args.dry_run:
         raise ConfigError("--analytic-only needs --dry-run")
     from ..training import dry_run_report, train  # after the settings: their errors come fast

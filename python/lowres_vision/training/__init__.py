@@ -3,16 +3,29 @@
     metrics = train(cfg)       # writes the run directory cfg.out
     metrics = evaluate(cfg)    # re-evaluates the trained parameters of cfg.out
 
-The run directory:
-    config.json                the resolved TrainConfig
-    log.jsonl                  one object per logged step ("event": "step") and per epoch ("event": "epoch",
-                               with the mean epoch loss and validation metrics such as "val/top1")
+The run directory belongs to one run, named by a run id made when the run starts
+("20250101-120000-1a2b3c4d"); every file carries it, and files of two runs are refused together:
+    config.json                the resolved TrainConfig and "run_id"
+    log.jsonl                  a "run" record (the id), then one object per logged step ("event": "step"), per
+                               epoch ("event": "epoch", with the mean epoch loss and validation metrics such as
+                               "val/top1"), per skipped non-finite step ("skipped") and per resume ("resume",
+                               with the settings it changed: {"epochs": [old, new]})
     checkpoint.safetensors     the latest resumable state (trainable parameters, optimizer, loss state,
-    checkpoint.json              RNG states, epoch, step within the epoch, sampler position); written
+    checkpoint.json              RNG states, epoch, step within the epoch, sampler position, run id); written
                                atomically every `checkpoint_every` steps and at each epoch end
-    trainable.safetensors      the final trainable parameters, keyed by module path ("visual.conv1.logits")
-    metrics.json               classification top1/top5 (percent); retrieval R@k (percent), mean/median rank
-    predictions.npz            classification logits/labels/class_names; retrieval embeddings, ground truth, paths
+    trainable.safetensors      the final trainable parameters, keyed by module path ("visual.conv1.logits");
+                               metadata: run_id, global_step
+    metrics-<split>.json       one per evaluated split (train: eval_split; `evaluate` / `lowres-vision eval
+                               --split`: any): {"run_id", "split", "parameters", "global_step", "metrics":
+                               classification top1/top5 (percent); retrieval R@k (percent), mean/median rank}
+    predictions-<split>.npz    classification logits/labels/class_names; retrieval embeddings, ground truth,
+                               paths; and run_id, split, parameters, global_step
+
+A new run refuses a directory that holds a run unless `overwrite` (which deletes that run's files
+first); `resume` continues the run there, refusing settings that change what a step computes
+(config.RESUME_MAY_CHANGE lists those that may change) and checking everything before it writes.
+A non-finite loss stops the run (`on_nonfinite="stop"`; the last checkpoint stays the last good
+state) or skips that step's update ("skip").
 
 A run stopped at any point and restarted with `resume=True` ends with exactly the parameters of an
 uninterrupted run: batch order comes from a seeded sampler that is restarted at the saved

@@ -15,7 +15,7 @@ from ..config import ConfigError, TrainConfig
 from ..data import ClassificationDataset, ClassificationSplit, ImageListDataset, load_split
 from .inputs import task_class_names, transforms
 from .model import build_model
-from .run_directory import write_results
+from .run_directory import load_trainable, write_results
 
 def autocast(device: torch.device, amp: bool):
     # bf16 needs no loss scaling; on CPU autocast would only slow the tiny runs down.
@@ -33,7 +33,7 @@ def run_model(model: nn.Module, dataset, cfg: TrainConfig, device: torch.device,
 
 def evaluate_split(model: nn.Module, cfg: TrainConfig, split_name: str, transform, device: torch.device,
                     ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Metrics and predictions (the predictions.npz arrays) of `model` on one split."""
+    """Metrics and predictions (the predictions-<split>.npz arrays) of `model` on one split."""
     from ..metrics import split_retrieval_metrics, topk_accuracy
 
     was_training = model.training
@@ -62,23 +62,21 @@ def evaluate(cfg: TrainConfig) -> dict[str, float]:
     """Evaluates the trained parameters of run directory `cfg.out` on `cfg.eval_split`.
 
     The frozen backbone is rebuilt from cfg (same weights, or the same seeded random init) and
-    `trainable.safetensors` loaded into it; metrics.json and predictions.npz are (re)written.
+    `trainable.safetensors` loaded into it (refused unless it belongs to the run of config.json);
+    metrics-<split>.json and predictions-<split>.npz are (re)written, other splits' left alone.
     """
-    from safetensors.torch import load_file
-
     cfg.validate()
     if cfg.out is None:
         raise ConfigError("out: the run directory is required")
     run = Path(cfg.out)
-    path = run / "trainable.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"evaluate: no trained parameters at {path} (has `train` finished?)")
+    tensors, trainable = load_trainable(run)
     device = torch.device(cfg.resolved_device())
     class_names = task_class_names(cfg)
     model, preprocess = build_model(cfg, None if class_names is None else len(class_names))
-    model.load_trainable_state_dict(load_file(str(path)))
+    model.load_trainable_state_dict(tensors)
     model.to(device)
     _, eval_tf = transforms(preprocess, augment=False)
     metrics, predictions = evaluate_split(model, cfg, cfg.eval_split, eval_tf, device)
-    write_results(run, metrics, predictions)
+    write_results(run, cfg.eval_split, metrics, predictions, run_id=trainable["run_id"],
+                  global_step=int(trainable["global_step"]))
     return metrics

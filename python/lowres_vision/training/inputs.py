@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
+from ..errors import InputError
 from ..data import (ClassificationDataset, EpochSeededDataset, PairDataset, RetrievalSplit, batch_mixing, eval_transform, is_retrieval,
                     load_split, seeded_rngs, train_transform)
 from .distributed import Distributed, ResumableDistributedSampler
@@ -43,6 +44,13 @@ class BatchMixing:
         with seeded_rngs(self.seed, MIXING_STREAM, step, rank):
             images, targets = self.mix(images, labels)
         return (images, targets, *rest)
+
+def check_splits(cfg: TrainConfig, splits) -> None:
+    """Every split a run will read is there and holds images: refused before training, not after."""
+    for name in dict.fromkeys(splits):
+        if len(load_split(cfg.task, cfg.data_root, name)) == 0:
+            raise InputError(f"{cfg.task} in {cfg.data_root}: the {name} split holds no images")
+
 
 def task_class_names(cfg: TrainConfig) -> Optional[tuple[str, ...]]:
     if is_retrieval(cfg.task):

@@ -14,14 +14,21 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, TrainConfig
+from ..errors import InputError
 from ..data import EpochSeededDataset, is_retrieval
 from .distributed import Distributed, ResumableDistributedSampler, init_distributed, mean_over_ranks, sum_over_ranks
 from .evaluation import autocast, evaluate_split
-from .inputs import BatchMixing, breaking_pair_batches, sample_kinds, task_class_names, train_dataset, transforms
+from .inputs import BatchMixing, breaking_pair_batches, check_splits, sample_kinds, task_class_names, train_dataset, transforms
 from .model import build_model, tower_width
-from .run_directory import SAMPLE_KINDS, Progress, append_log, load_checkpoint, save_checkpoint, save_tensors, truncate_log, write_json, write_results
+from .run_directory import (SAMPLE_KINDS, Progress, append_log, check_new_run_directory, check_resume, load_checkpoint,
+                            new_run_id, remove_run_files, save_checkpoint, save_trainable, truncate_log, write_results,
+                            write_run_config)
 
 StepHook = Callable[[int, nn.Module], None]  # (global step, the model being trained)
+
+
+class NonFiniteLossError(InputError):
+    """A step's loss is NaN or infinite (with on_nonfinite="stop"): usually a too-large lr."""
 
 class StepForward(nn.Module):
     """Everything a step needs from the model in one forward, so that DDP sees (and syncs) all of it.
@@ -86,6 +93,15 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
     from ..data import split_exists
 
     run, device, world_size = Path(cfg.out), context.device, context.world_size
+    # Whose directory `out` is, before anything is built or written: a resume continues the run
+    # there with its own settings; a new run gets an id and may only replace a run with overwrite.
+    if cfg.resume:
+        run_id, changes = check_resume(cfg)
+    else:
+        run_id, changes = new_run_id(), {}
+        replaced = check_new_run_directory(run, cfg.overwrite) if context.is_main else []
+    validate = cfg.eval_every > 0 and split_exists(cfg.task, cfg.data_root, "val")
+    check_splits(cfg, ("train", cfg.eval_split, *(["val"] if validate else [])))
     class_names = task_class_names(cfg)
     model, preprocess = build_model(cfg, None if class_names is None else len(class_names))
     model.to(device)
@@ -104,28 +120,35 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
 
         breaking_loss = MemoryBankContrastiveLoss(tower_width(model.visual), cfg.bank_size, cfg.logit_scale)
 
-    if context.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        write_json(run / "config.json", cfg.to_dict())
     progress = Progress()
-    if cfg.resume:
-        progress = load_checkpoint(run, model, optimizer, breaking_loss, cfg.batch_size, world_size, cfg.seed)
-        if context.is_main:
+    if cfg.resume:  # everything is checked before the first write: a refused resume changes no file
+        progress = load_checkpoint(run, run_id, model, optimizer, breaking_loss, cfg.batch_size, world_size, cfg.seed)
+        if progress.epoch > cfg.epochs:
+            raise ConfigError(f"resume: epochs={cfg.epochs}, but the checkpoint in {run} has finished {progress.epoch}")
+    if context.is_main:
+        if cfg.resume:
             truncate_log(run / "log.jsonl", progress.global_step)
-    elif context.is_main:
-        (run / "log.jsonl").unlink(missing_ok=True)
+        else:
+            remove_run_files(replaced)
+            run.mkdir(parents=True, exist_ok=True)
+        write_run_config(run, run_id, cfg)
+        append_log(run, {"event": "resume" if cfg.resume else "run", "run_id": run_id, "step": progress.global_step,
+                         **({"changed": changes} if cfg.resume else {}), "time": time.time()})
     pair_batches = None
     if breaking_loss is not None:
         pair_batches = breaking_pair_batches(cfg, train_tf, context, progress.global_step)
 
+    saved_step = progress.global_step if cfg.resume else None
+
     def save() -> None:
-        save_checkpoint(run, model, optimizer, breaking_loss, progress, cfg.batch_size, world_size, cfg.seed)
+        nonlocal saved_step
+        saved_step = progress.global_step
+        save_checkpoint(run, run_id, model, optimizer, breaking_loss, progress, cfg.batch_size, world_size, cfg.seed)
 
     forward: nn.Module = StepForward(model)
     if world_size > 1:
         forward = nn.parallel.DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
     steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
-    validate = cfg.eval_every > 0 and split_exists(cfg.task, cfg.data_root, "val")
     epochs = cfg.epochs
     if cfg.linear_probe == "logreg":  # the release's probe is fitted once, on frozen features: no epochs
         from .linear_probe import fit_linear_probe
@@ -152,15 +175,25 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
                 for kind, count in zip(SAMPLE_KINDS, sum_over_ranks(counts, device, world_size)):
                     progress.epoch_samples[kind] += count
                 loss = step_loss(forward, batch, pairs, breaking_loss, cfg, device)
+                loss_value = mean_over_ranks(loss.detach(), world_size)  # every rank sees it: they stop/skip together
+                finite = math.isfinite(loss_value)
+                if not finite and cfg.on_nonfinite == "stop":
+                    kept = "no checkpoint yet" if saved_step is None else f"checkpoint of step {saved_step} kept"
+                    raise NonFiniteLossError(
+                        f"step {progress.global_step + 1}: the loss is {loss_value}; the run stopped ({kept}); "
+                        f"lower lr, or resume with --on-nonfinite skip to drop such steps' updates")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if finite:
+                    loss.backward()
+                    optimizer.step()
+                    progress.epoch_loss_sum += loss_value
                 progress.step_in_epoch += 1
                 progress.global_step += 1
-                loss_value = mean_over_ranks(loss.detach(), world_size)
-                progress.epoch_loss_sum += loss_value
                 bar.set_postfix(loss=f"{loss_value:.4f}")
-                if context.is_main and cfg.log_every and progress.global_step % cfg.log_every == 0:
+                if context.is_main and not finite:
+                    append_log(run, {"event": "skipped", "epoch": epoch, "step": progress.global_step,
+                                     "loss": str(loss_value), "time": time.time()})
+                elif context.is_main and cfg.log_every and progress.global_step % cfg.log_every == 0:
                     append_log(run, {"event": "step", "epoch": epoch, "step": progress.global_step, "loss": loss_value,
                                       "lr": optimizer.param_groups[0]["lr"], "time": time.time()})
                 # The epoch's last step is checkpointed by the epoch-end checkpoint below.
@@ -184,9 +217,9 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
 
     metrics: dict[str, float] = {}
     if context.is_main:
-        save_tensors(run / "trainable.safetensors", model.trainable_state_dict())
+        save_trainable(run, run_id, model, progress.global_step)
         metrics, predictions = evaluate_split(model, cfg, cfg.eval_split, eval_tf, device)
-        write_results(run, metrics, predictions)
+        write_results(run, cfg.eval_split, metrics, predictions, run_id=run_id, global_step=progress.global_step)
     if world_size > 1:
         shared = [metrics]
         dist.broadcast_object_list(shared, src=0)

@@ -17,6 +17,16 @@ def tower_width(visual: nn.Module) -> int:
         raise ValueError(f"cannot tell the token width of a {type(visual).__name__} tower")
     return width
 
+def _check_image_size(visual: nn.Module, image_size: int) -> None:
+    """Sub-kernel tokenization cuts the image into whole q x q patches; another size fails at the first step."""
+    from lowres_kernels.nn import SubKernelPatchEmbed
+
+    for module in visual.modules():
+        if isinstance(module, SubKernelPatchEmbed) and image_size % module.patch_size:
+            raise ConfigError(f"image_size {image_size} must be a multiple of the patch size {module.patch_size} "
+                              f"with tokenization")
+
+
 def build_model(cfg: TrainConfig, num_classes: Optional[int]) -> tuple[nn.Module, dict[str, Any]]:
     """The frozen backbone with cfg's baselines injected and a task head, and its preprocessing config.
 
@@ -34,6 +44,7 @@ def build_model(cfg: TrainConfig, num_classes: Optional[int]) -> tuple[nn.Module
         inject(visual, tokenization=cfg.tokenization, domain_attention=cfg.domain_attention, adapter=cfg.adapter)
     except ValueError as error:  # options that do not fit this backbone (say, sub=7 with 16-pixel patches)
         raise ConfigError(f"{cfg.backbone}: {error}") from error
+    _check_image_size(visual, cfg.image_size)
     if num_classes is not None:
         # The logistic-regression probe's head holds sklearn's coefficients and intercepts (training/linear_probe.py).
         logreg = cfg.linear_probe == "logreg"

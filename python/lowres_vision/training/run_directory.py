@@ -1,11 +1,15 @@
-"""The run directory on disk: atomic writes, the resumable checkpoint (with RNG states), the log
-and the results files."""
+"""The run directory on disk: its owner (the run id), atomic writes, the resumable checkpoint (with
+RNG states), the log and the results files."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
+import secrets
+import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -14,16 +18,23 @@ import numpy as np
 import torch
 from torch import nn
 
-# 3: the epoch's sample counts; 2: the memory bank is one tensor of features (1: a list of batches)
-CHECKPOINT_FORMAT = 3
+from ..config import RESUME_MAY_CHANGE, ConfigError, TrainConfig, config_from_dict
+from ..errors import InputError
+
+# 4: the run id; 3: the epoch's sample counts; 2: the memory bank is one tensor of features (1: a list of batches)
+CHECKPOINT_FORMAT = 4
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Writes through `write(tmp)` then renames over `path`: readers see the old file or the new, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not also keep the half-written copy
+        raise
 
 def write_json(path: Path, value: Any) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2, default=str) + "\n"))
@@ -33,6 +44,73 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: Optiona
 
     cpu = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in tensors.items()}
     write_atomic(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
+
+
+# The files a run writes (globs); `plots` is what `lowres-vision plot` adds.
+RUN_FILES = ("config.json", "log.jsonl", "checkpoint.json", "*.safetensors", "metrics-*.json", "predictions-*.npz",
+             ".*.tmp", "plots")
+RUN_ID = "run_id"  # the one key of config.json that is not a TrainConfig setting
+
+
+class RunDirectoryError(InputError):
+    """A run directory that cannot serve the request: another run's, or files of two runs."""
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+
+
+def run_files(run: Path) -> list[Path]:
+    return sorted({path for pattern in RUN_FILES for path in run.glob(pattern)})
+
+
+def check_new_run_directory(run: Path, overwrite: bool) -> list[Path]:
+    """The files of a run already in `run`, which a new run there replaces: refused unless `overwrite`."""
+    existing = run_files(run)
+    if existing and not overwrite:
+        raise RunDirectoryError(f"out: {run} already holds a run ({', '.join(path.name for path in existing[:3])}"
+                                f"{', ...' if len(existing) > 3 else ''}); pass --resume to continue it or "
+                                f"--overwrite to replace it")
+    return existing
+
+
+def remove_run_files(paths: list[Path]) -> None:
+    for path in sorted(paths, key=lambda path: path.name == "config.json"):  # the file naming the old run last
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def write_run_config(run: Path, run_id: str, cfg: TrainConfig) -> None:
+    write_json(run / "config.json", {RUN_ID: run_id, **cfg.to_dict()})
+
+
+def read_run_config(run: Path) -> tuple[str, dict[str, Any]]:
+    """(run id, settings) of the run in `run`."""
+    path = run / "config.json"
+    if not path.is_file():
+        raise RunDirectoryError(f"{run} holds no run (no config.json)")
+    try:
+        settings = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise RunDirectoryError(f"{path}: not a run configuration ({error})") from error
+    run_id = settings.pop(RUN_ID, None) if isinstance(settings, dict) else None
+    if not isinstance(run_id, str):
+        raise RunDirectoryError(f"{path} names no run (no {RUN_ID!r}): written by an older version; train it again")
+    return run_id, settings
+
+
+def check_resume(cfg: TrainConfig) -> tuple[str, dict[str, list]]:
+    """(run id, {setting: [stored, new]} of the allowed changes) for resuming the run in cfg.out;
+    a setting that changes what a step computes, changed, is refused with the list of all such."""
+    run = Path(cfg.out)
+    run_id, settings = read_run_config(run)
+    stored = config_from_dict(settings, source=str(run / "config.json"))
+    changed = {field.name: [getattr(stored, field.name), getattr(cfg, field.name)]
+               for field in dataclasses.fields(TrainConfig) if getattr(stored, field.name) != getattr(cfg, field.name)}
+    refused = [f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items() if name not in RESUME_MAY_CHANGE]
+    if refused:
+        raise ConfigError(f"resume: these settings differ from {run / 'config.json'}: {'; '.join(refused)}; "
+                          f"a run continues with its own settings (start a new run to change them)")
+    return run_id, {name: change for name, change in changed.items() if name not in ("resume", "overwrite", "out")}
 
 
 def capture_rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -76,8 +154,9 @@ class Progress:
     # Samples of each kind those steps used, summed over ranks, for log.jsonl.
     epoch_samples: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SAMPLE_KINDS, 0))
 
-def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, breaking_loss: Optional[nn.Module],
-                     progress: Progress, batch_size: int, world_size: int, seed: int) -> None:
+def save_checkpoint(run: Path, run_id: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     breaking_loss: Optional[nn.Module], progress: Progress, batch_size: int, world_size: int,
+                     seed: int) -> None:
     tensors = {f"model.{name}": parameter for name, parameter in model.trainable_parameters()}
     optimizer_state = optimizer.state_dict()
     scalar_state: dict[str, dict[str, Any]] = {}
@@ -94,6 +173,7 @@ def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimize
     tensors.update(rng_tensors)
     state = {
         "format": CHECKPOINT_FORMAT,
+        RUN_ID: run_id,
         **progress.__dict__,
         # The sampler restarts epoch `epoch` at this position of each rank's index list.
         "sampler": {"seed": seed, "epoch": progress.epoch, "start_index": progress.step_in_epoch * batch_size,
@@ -106,8 +186,8 @@ def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimize
     save_tensors(run / "checkpoint.safetensors", tensors, metadata={"state": json.dumps(state)})
     write_json(run / "checkpoint.json", state)
 
-def load_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, breaking_loss: Optional[nn.Module],
-                     batch_size: int, world_size: int, seed: int) -> Progress:
+def load_checkpoint(run: Path, run_id: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     breaking_loss: Optional[nn.Module], batch_size: int, world_size: int, seed: int) -> Progress:
     from safetensors import safe_open
 
     path = run / "checkpoint.safetensors"
@@ -118,6 +198,9 @@ def load_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimize
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"resume: {path} has checkpoint format {state.get('format')}, expected {CHECKPOINT_FORMAT}")
+    if state.get(RUN_ID) != run_id:
+        raise RunDirectoryError(f"resume: {path} belongs to run {state.get(RUN_ID)!r}, {run / 'config.json'} to run "
+                                f"{run_id!r}: files of two runs")
     sampler = state["sampler"]
     if (sampler["seed"], sampler["num_replicas"], sampler["batch_size"]) != (seed, world_size, batch_size):
         raise ValueError(
@@ -149,20 +232,61 @@ def load_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimize
     return Progress(state["epoch"], state["step_in_epoch"], state["global_step"], state["epoch_loss_sum"],
                     state["epoch_samples"])
 
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The records of log.jsonl; a torn last line (a write cut short) is dropped, a bad line elsewhere refused."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number < len(lines):
+                raise RunDirectoryError(f"{path}, line {number}: not a log record ({error})") from error
+    return records
+
+
 def truncate_log(path: Path, global_step: int) -> None:
-    """Drops log lines written after the checkpoint being resumed: those steps are run again."""
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= global_step]
-        write_atomic(path, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in kept)))
+    """Drops log lines written after the checkpoint being resumed (those steps are run again) and a torn last line."""
+    kept = [record for record in read_log(path) if record.get("step", 0) <= global_step]
+    write_atomic(path, lambda tmp: tmp.write_text("".join(f"{json.dumps(record)}\n" for record in kept)))
+
 
 def append_log(run: Path, record: dict[str, Any]) -> None:
     with open(run / "log.jsonl", "a") as handle:
         handle.write(json.dumps(record) + "\n")
 
-def write_results(run: Path, metrics: dict[str, float], predictions: dict[str, np.ndarray]) -> None:
+
+def save_trainable(run: Path, run_id: str, model: nn.Module, global_step: int) -> None:
+    save_tensors(run / "trainable.safetensors", model.trainable_state_dict(),
+                 metadata={RUN_ID: run_id, "global_step": str(global_step)})
+
+
+def load_trainable(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of run/trainable.safetensors, refused unless it belongs to the run of config.json."""
+    from safetensors import safe_open
+
+    run_id, _ = read_run_config(run)
+    path = run / "trainable.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluate: no trained parameters at {path} (has `train` finished?)")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    if metadata.get(RUN_ID) != run_id:
+        raise RunDirectoryError(f"{path} belongs to run {metadata.get(RUN_ID)!r}, {run / 'config.json'} to run "
+                                f"{run_id!r}: files of two runs")
+    return tensors, metadata
+
+
+def write_results(run: Path, split: str, metrics: dict[str, float], predictions: dict[str, np.ndarray], *,
+                  run_id: str, global_step: int) -> None:
+    """metrics-<split>.json and predictions-<split>.npz, each naming the run, the split and the
+    parameters evaluated (trainable.safetensors of step `global_step`)."""
+    source = {RUN_ID: run_id, "split": split, "parameters": "trainable.safetensors", "global_step": global_step}
+
     def write_npz(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
-            np.savez(handle, **predictions)
+            np.savez(handle, **predictions, **{key: np.array(value) for key, value in source.items()})
 
-    write_json(run / "metrics.json", metrics)
-    write_atomic(run / "predictions.npz", write_npz)
+    write_atomic(run / f"predictions-{split}.npz", write_npz)
+    write_json(run / f"metrics-{split}.json", {**source, "metrics": metrics})
