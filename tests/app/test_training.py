@@ -309,8 +309,8 @@ def test_logistic_regression_probe_run_predicts_as_sklearn_on_the_frozen_class_t
     metrics = train(cfg)
     run = Path(cfg.out)
     assert set(load_file(str(run / "trainable.safetensors"))) == {"head.linear.weight", "head.linear.bias"}
-    assert [record["event"] for record in _log(run)] == ["fit"]  # fitted once, no optimizer steps or epochs
-    assert _log(run)[0]["train_samples"] == 12
+    assert [record["event"] for record in _log(run)] == ["run", "fit"]  # fitted once, no optimizer steps or epochs
+    assert _log(run)[1]["train_samples"] == 12
 
     # The features written out independently: the frozen tower's last-block class token, layer-normed.
     model, preprocess = build_model(cfg, 3)
