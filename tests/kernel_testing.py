@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import lowres_kernels as lk
 from lowres_kernels._library import cuda_kernels_built
@@ -220,3 +221,25 @@ def check_domain_attention_nonfinite_like_oracle(device, backend: str) -> None:
     nan_mix = mix.clone()
     nan_mix[0] = float("nan")
     assert lk.domain_attention(v, maps, nan_mix, num_prefix_tokens=num_prefix, backend=backend).isnan().all()
+
+
+class OpCalls(TorchDispatchMode):
+    """Records the lowres ops that run inside it, with their arguments and outputs:
+    `with OpCalls() as calls: ...`, then `calls.named("lowres._subkernel_tokenize_backward")`."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if str(func).startswith("lowres"):
+            self.calls.append((str(func).removesuffix(".default"), args, out))
+        return out
+
+    def names(self) -> list[str]:
+        return [name for name, _, _ in self.calls]
+
+    def named(self, name: str) -> list[tuple]:
+        """(args, outputs) of every call of `name`."""
+        return [(args, out) for called, args, out in self.calls if called == name]

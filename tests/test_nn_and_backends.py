@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from kernel_testing import check_autocast_computes_in_float32
+from kernel_testing import OpCalls, check_autocast_computes_in_float32
 
 import lowres_kernels as lk
 from lowres_kernels import _backend
@@ -171,12 +171,19 @@ def test_available_backends_on_cpu():
 
 
 @pytest.mark.parametrize("backend", ["cpp", "reference"])
-def test_backend_keyword_and_environment_variable_select_the_same_result(backend, monkeypatch):
+def test_backend_keyword_and_environment_variable_select_the_backend(backend, monkeypatch):
     v = torch.randn(2, 5, 3)
     maps, mix = torch.randn(2, 4, 4), torch.randn(2)
-    by_keyword = lk.domain_attention(v, maps, mix, backend=backend)
+    # The C++ kernel runs as the op lowres::domain_attention; the reference is plain torch code.
+    compiled_op_runs = backend == "cpp"
+    with OpCalls() as calls:
+        by_keyword = lk.domain_attention(v, maps, mix, backend=backend)
+    assert ("lowres.domain_attention" in calls.names()) is compiled_op_runs
     monkeypatch.setenv("LOWRES_BACKEND", backend)
-    torch.testing.assert_close(lk.domain_attention(v, maps, mix), by_keyword)
+    with OpCalls() as calls:
+        by_environment = lk.domain_attention(v, maps, mix)
+    assert ("lowres.domain_attention" in calls.names()) is compiled_op_runs
+    torch.testing.assert_close(by_environment, by_keyword)
 
 
 def test_unknown_or_unavailable_backend_raises(monkeypatch):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kernel_testing import ALL_DTYPES, REDUCED_PRECISION, assert_close_to_oracle, grads, leaves
+from kernel_testing import ALL_DTYPES, REDUCED_PRECISION, OpCalls, assert_close_to_oracle, grads, leaves
 
 import lowres_kernels as lk
 from lowres_kernels import reference
@@ -101,11 +99,16 @@ def test_gradcheck(options):
 def test_only_requested_gradients_are_computed():
     x, weight, logits, b = leaves(*make_inputs(), dtype=torch.float64, requires_grad=False)
     logits.requires_grad_(True)
-    out = lk.subkernel_tokenize(x, weight, logits, b)
-    (grad_logits,) = torch.autograd.grad(out.sum(), [logits])
+    with OpCalls() as calls:
+        out = lk.subkernel_tokenize(x, weight, logits, b)
+        (grad_logits,) = torch.autograd.grad(out.sum(), [logits])
     expected = torch.autograd.grad(reference.subkernel_tokenize(x, weight, logits, b).sum(), [logits])[0]
     torch.testing.assert_close(grad_logits, expected)
-    assert weight.grad is None and x.grad is None
+    # The backward op is asked for the logits' gradient only and computes no other.
+    ((args, (grad_x, grad_weight, grad_logits_op, grad_bias)),) = calls.named("lowres._subkernel_tokenize_backward")
+    assert list(args[-1]) == [False, False, True, False]
+    assert grad_x.numel() == 0 and grad_weight.numel() == 0 and grad_bias.numel() == 0
+    torch.testing.assert_close(grad_logits_op, expected)
 
 
 def test_double_backward_raises():
@@ -256,12 +259,21 @@ def test_mixed_devices_raise():
         lk.subkernel_tokenize(x, weight.to("meta"), logits, b)
 
 
-def test_subkernel_count_matches_the_release():
-    # ViT-H/14: 49 sub-kernels of 7x7 at offsets 0, 2, ..., 12 (step 2) or 0..6 (step 1).
-    for step in (1, 2):
-        x, weight, logits, _ = make_inputs(batch=1, dim=2, bias=False)
-        assert lk.subkernel_tokenize(x, weight, logits, step=step).shape == (1, 2, 2, 2)
-    assert math.isqrt(49) == 7
+@pytest.mark.parametrize("step", [1, 2])
+def test_subkernel_offsets_match_the_release(step):
+    # ViT-H/14: T = 49 sub-kernels of 7x7, the (a, b)-th at offset (a * step, b * step): 0, 2, ..., 12
+    # at step 2 (the last ones cut at the kernel edge and zero-padded), 0..6 at step 1. One-hot
+    # logits select one sub-kernel, whose tokens are then one stride-7 convolution, max-pooled.
+    x, weight, _, _ = make_inputs(batch=1, dim=2, bias=False)
+    for a, b in [(0, 0), (6, 6), (2, 5), (6, 0)]:
+        logits = torch.full((49,), float("-inf"), dtype=torch.float64)
+        logits[a * 7 + b] = 0.0
+        padded = torch.nn.functional.pad(weight, (0, 6, 0, 6))  # room for the cut-off sub-kernels
+        subkernel = padded[:, :, a * step : a * step + 7, b * step : b * step + 7]
+        expected = torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(x, subkernel, stride=7), 2)
+        out = lk.subkernel_tokenize(x, weight, logits, step=step)
+        assert out.shape == (1, 2, 2, 2)
+        torch.testing.assert_close(out, expected, msg=lambda m: f"sub-kernel ({a}, {b}) at step {step}: {m}")
 
 
 def test_bad_input_to_the_raw_backward_op_raises_a_clear_error():
