@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import lowres_vision as lv
 from lowres_vision.models import (
+    PAPER_BACKBONES,
     ClassificationHead,
     EmbeddingHead,
     InjectedBlock,
@@ -30,7 +31,7 @@ IMAGE_SIZE = 56
 WIDTH = 64
 TOWERS = {
     "open_clip": "ViT-B-16",
-    "timm": "timm:vit_tiny",
+    "timm": "timm:vit_base_patch16_224",
     "timm_reg4": "timm:vit_small_patch14_reg4_dinov2",
 }
 ALL_INJECTIONS = dict(tokenization=dict(), domain_attention=dict(), adapter=dict(kind="adaptformer", bottleneck=4))
@@ -75,6 +76,56 @@ def test_checkpoint_is_loaded_and_text_tower_is_kept(tmp_path):
     assert hasattr(source, "encode_text")
     with pytest.raises(ValueError, match="either pretrained"):
         build_backbone(tiny=True, pretrained="laion2b_s32b_b79k", checkpoint=str(path))
+
+
+@pytest.mark.parametrize("paper_name", sorted(PAPER_BACKBONES))
+def test_paper_backbones_build_by_name_as_tiny_models_of_the_same_architecture(paper_name, images):
+    from open_clip.transformer import QuickGELU, VisionTransformer as OpenClipViT
+    from timm.layers import LayerScale
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+    from timm.models.vision_transformer_sam import VisionTransformerSAM
+
+    torch.manual_seed(0)
+    name = PAPER_BACKBONES[paper_name].name
+    visual, _ = build_backbone(name, tiny=True, image_size=IMAGE_SIZE)
+    assert not any(p.requires_grad for p in visual.parameters())
+    expected = {  # what makes each architecture itself, kept in the tiny form
+        "ImageBind": lambda v: isinstance(v, OpenClipViT) and isinstance(v.transformer.resblocks[0].mlp.gelu, torch.nn.GELU),
+        "CLIP": lambda v: isinstance(v, OpenClipViT) and isinstance(v.transformer.resblocks[0].mlp.gelu, QuickGELU),
+        "DINOv2": lambda v: type(v) is TimmViT and isinstance(v.blocks[0].ls1, LayerScale) and v.num_prefix_tokens == 1,
+        "DINOv2 with registers": lambda v: type(v) is TimmViT and isinstance(v.blocks[0].ls1, LayerScale) and v.num_prefix_tokens == 5,
+        "SAM": lambda v: isinstance(v, VisionTransformerSAM),
+    }[paper_name]
+    assert expected(visual) and len(visual.blocks if hasattr(visual, "blocks") else visual.transformer.resblocks) == 4
+    if paper_name == "SAM":
+        with pytest.raises(ValueError, match="got VisionTransformerSAM; it has no class token"):
+            inject(visual, adapter=dict(kind="adaptformer"))
+        return
+    inject(visual, **ALL_INJECTIONS)
+    model = LowresModel(visual, ClassificationHead(WIDTH, 3))
+    assert model(images).shape == (2, 3)
+
+
+def test_paper_backbones_load_their_weights_by_the_real_path(monkeypatch):
+    import open_clip
+    import timm
+
+    calls = []
+
+    class Built(Exception):
+        pass
+
+    def record(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise Built  # nothing is downloaded: the call's arguments are what this test checks
+
+    monkeypatch.setattr(open_clip, "create_model", record)
+    monkeypatch.setattr(timm, "create_model", record)
+    for paper_name in ("CLIP", "DINOv2 with registers"):
+        with pytest.raises(Built):
+            build_backbone(PAPER_BACKBONES[paper_name].name, PAPER_BACKBONES[paper_name].pretrained)
+    assert calls[0] == (("ViT-L-14-quickgelu",), {"pretrained": "openai", "force_image_size": None})
+    assert calls[1][0] == ("vit_large_patch14_reg4_dinov2.lvd142m",) and calls[1][1]["pretrained"] is True
 
 
 # ----------------------------------------------------------------------------- identity settings

@@ -4,9 +4,13 @@ Names are open_clip model names ("ViT-H-14", "ViT-B-16", ...) or timm model name
 "timm:" ("timm:vit_small_patch14_reg4_dinov2"). `pretrained` is an open_clip tag ("laion2b_s32b_b79k"),
 or a local weights file; for timm a truthy tag downloads the default weights and a local path is
 loaded as the model's weights file. With `pretrained=None` the weights stay randomly initialised,
-which is what offline tests and the demo use. `tiny=True` builds a 4-layer, width-64, patch-14
-ViT of the same family in milliseconds: for open_clip names the name is then ignored, for timm
-names only a "reg<n>" in it counts (n register tokens).
+which is what offline tests and the demo use. `tiny=True` builds the named architecture shrunk to
+4 layers, width 64, 4 heads and patch 14, everything else from the model's own config (QuickGELU,
+layer scale, register tokens, ...), randomly initialised in milliseconds: the offline stand-in of
+that backbone. The text tower of a tiny open_clip model is a 2-layer, width-64 transformer.
+
+`PAPER_BACKBONES` lists the foundation models of the LITE paper's comparison (arXiv 2401.04716,
+Tables 2 and 5) that open_clip or timm provide, with the names and weights tags to build them.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -28,6 +32,27 @@ TIMM_PREFIX = "timm:"
 TINY_WIDTH, TINY_LAYERS, TINY_HEAD_WIDTH, TINY_PATCH = 64, 4, 16, 14
 TINY_TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2}
 OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
+
+
+@dataclass(frozen=True)
+class PaperBackbone:
+    """A backbone of the LITE paper's comparison: `build_backbone(name, pretrained)` builds it."""
+
+    name: str
+    pretrained: str
+    note: str = ""
+
+
+# BLIP (its ViT is in neither library) and AIM (arXiv 2401.08541; timm has only AIMv2, another model)
+# are not available; SAM's image encoder has no class token, so the baselines' heads cannot read it.
+PAPER_BACKBONES = {
+    "ImageBind": PaperBackbone("ViT-H-14", "laion2b_s32b_b79k",
+                               "ImageBind's image encoder is this OpenCLIP ViT-H/14, kept frozen in ImageBind"),
+    "CLIP": PaperBackbone("ViT-L-14-quickgelu", "openai"),
+    "DINOv2": PaperBackbone("timm:vit_large_patch14_dinov2.lvd142m", "lvd142m"),
+    "DINOv2 with registers": PaperBackbone("timm:vit_large_patch14_reg4_dinov2.lvd142m", "lvd142m"),
+    "SAM": PaperBackbone("timm:samvit_huge_patch16.sa1b", "sa1b", "no class token: zero-shot embedding only"),
+}
 
 
 def preprocess_config(image_size: int = 224, *, mean=CLIP_MEAN, std=CLIP_STD, interpolation: str = "bicubic") -> Dict[str, Any]:
@@ -57,15 +82,23 @@ def checkpoint_config(checkpoint: str) -> Optional[Dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def tiny_clip(image_size: int = 224, *, embed_dim: int = 64) -> nn.Module:
-    """A randomly initialised 4-layer, width-64, patch-14 open_clip CLIP (text tower included)."""
+def tiny_clip(image_size: int = 224, *, embed_dim: int = 64, name: str = "ViT-B-16") -> nn.Module:
+    """The open_clip model `name` shrunk to a randomly initialised 4-layer, width-64, patch-14 vision
+    tower (the rest of its vision config kept) and a 2-layer, width-64 text tower."""
     import open_clip
 
-    vision_cfg = {
-        "image_size": image_size, "layers": TINY_LAYERS, "width": TINY_WIDTH,
-        "head_width": TINY_HEAD_WIDTH, "patch_size": TINY_PATCH,
-    }
-    return open_clip.model.CLIP(embed_dim=embed_dim, vision_cfg=vision_cfg, text_cfg=dict(TINY_TEXT_CFG))
+    config = open_clip.get_model_config(name)
+    if config is None:
+        raise ValueError(f"build_backbone: {name!r} is not an open_clip model name (timm models are named 'timm:<name>')")
+    vision_cfg = dict(config["vision_cfg"])
+    if "timm_model_name" in vision_cfg:
+        raise ValueError(f"build_backbone: {name!r} has a timm vision trunk; build its tiny form as "
+                         f"'timm:{vision_cfg['timm_model_name']}'")
+    vision_cfg.update(image_size=image_size, layers=TINY_LAYERS, width=TINY_WIDTH, head_width=TINY_HEAD_WIDTH,
+                      patch_size=TINY_PATCH)
+    # quick_gelu is the one top-level setting that shapes the vision tower (the OpenAI CLIP weights').
+    return open_clip.model.CLIP(embed_dim=embed_dim, vision_cfg=vision_cfg, text_cfg=dict(TINY_TEXT_CFG),
+                                quick_gelu=config.get("quick_gelu", False))
 
 
 def build_clip(
@@ -90,7 +123,7 @@ def build_clip(
         raise ValueError(f"build_clip: {name!r} is a timm vision model; only open_clip names have a text tower")
     config = checkpoint_config(checkpoint) if checkpoint is not None else None
     if tiny:
-        model = tiny_clip(image_size)
+        model = tiny_clip(image_size, name=name)
     elif config is not None:
         model_cfg = copy.deepcopy(config["model_cfg"])
         model_cfg["vision_cfg"]["image_size"] = image_size
@@ -114,14 +147,12 @@ def _open_clip_preprocess(visual: nn.Module, image_size: int) -> Dict[str, Any]:
 
 
 def _tiny_timm(name: str, image_size: int) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
+    import timm
 
-    # timm spells register tokens in model names as "_reg<n>_" (e.g. vit_small_patch14_reg4_dinov2).
-    registers = re.search(r"reg(\d+)", name)
-    return VisionTransformer(
-        img_size=image_size, patch_size=TINY_PATCH, embed_dim=TINY_WIDTH, depth=TINY_LAYERS,
-        num_heads=TINY_WIDTH // TINY_HEAD_WIDTH, reg_tokens=int(registers.group(1)) if registers else 0,
-        num_classes=0,
+    # timm passes these over the named model's own arguments; the rest of its architecture stays.
+    return timm.create_model(
+        name, pretrained=False, num_classes=0, img_size=image_size, patch_size=TINY_PATCH, embed_dim=TINY_WIDTH,
+        depth=TINY_LAYERS, num_heads=TINY_WIDTH // TINY_HEAD_WIDTH,
     )
 
 

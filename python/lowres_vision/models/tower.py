@@ -154,9 +154,10 @@ class Tower:
             self.qkv_owner = lambda block: (block.attn.qkv, "weight")
             self.out_owner = lambda block: (block.attn.proj, "weight")
         else:
+            no_class_token = not any(hasattr(visual, name) for name in ("cls_token", "class_embedding"))
             raise ValueError(
                 "the vision tower must be an open_clip VisionTransformer or a timm VisionTransformer, "
-                f"got {type(visual).__name__}"
+                f"got {type(visual).__name__}" + ("; it has no class token, which the heads read" if no_class_token else "")
             )
 
     def block(self, index: int, *, create: bool) -> nn.Module:
