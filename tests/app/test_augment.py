@@ -118,8 +118,13 @@ def test_genie_timesteps_follow_the_release_rule_and_the_paper(pipe):
     assert genie_timesteps(GridScheduler([840, 820, 800, 780]), 4, 0.8) == (800, [800, 780])
     # Paper: the last int(r N) = 4 grid timesteps, noised at the first of them.
     assert genie_timesteps(grid, 5, 0.8, "paper") == (821, [821, 801, 781, 761])
-    # SD 1.5's DPM-Solver grid, 50 steps: round(linspace(0, 999, 51))[::-1][:-1].
-    linspace = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, timestep_spacing="linspace")
+    # SD 1.5's DPM-Solver grid, 50 steps: round(linspace(0, 999, 51))[::-1][:-1], built as the release builds it
+    # from the model's scheduler config (the PNDM one of stable-diffusion-v1-5's scheduler_config.json).
+    from diffusers import PNDMScheduler
+
+    sd15 = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+                         set_alpha_to_one=False, steps_offset=1)
+    linspace = DPMSolverMultistepScheduler.from_config(sd15.config)
     linspace_grid = [round(999 * (50 - k) / 50) for k in range(50)]
     assert genie_timesteps(linspace, 50, 0.8) == (800, linspace_grid[10:]) and linspace_grid[10] == 799
     assert genie_timesteps(linspace, 50, 0.8, "paper") == (799, linspace_grid[10:])

@@ -7,9 +7,11 @@ The run directory belongs to one run, named by a run id made when the run starts
 ("20250101-120000-1a2b3c4d"); every file carries it, and files of two runs are refused together:
     config.json                the resolved TrainConfig and "run_id"
     log.jsonl                  a "run" record (the id), then one object per logged step ("event": "step"), per
-                               epoch ("event": "epoch", with the mean epoch loss and validation metrics such as
-                               "val/top1"), per skipped non-finite step ("skipped") and per resume ("resume",
-                               with the settings it changed: {"epochs": [old, new]})
+                               epoch ("event": "epoch", with the mean epoch loss, validation metrics such as
+                               "val/top1" and "samples": how many samples of each kind the epoch used over all
+                               ranks, original, preserving (replaced by a label-preserving image), genie and
+                               breaking_pairs), per skipped non-finite step ("skipped") and per resume
+                               ("resume", with the settings it changed: {"epochs": [old, new]})
     checkpoint.safetensors     the latest resumable state (trainable parameters, optimizer, loss state,
     checkpoint.json              RNG states, epoch, step within the epoch, sampler position, run id); written
                                atomically every `checkpoint_every` steps and at each epoch end
