@@ -7,7 +7,6 @@ changes the caller's pyplot backend and works without a display.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -135,8 +134,9 @@ def plot_confusion_matrix(logits, labels, class_names: Sequence[str], path: Path
 
 
 def read_log(path: PathLike) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    from .training.run_directory import read_log
+
+    return read_log(Path(path))
 
 
 def plot_training_curves(records: Sequence[Mapping] | PathLike, path: PathLike = "training_curves.png", *, title: str = "") -> Path:
@@ -266,6 +266,10 @@ def plot_run(run: PathLike, out: Optional[PathLike] = None) -> list[Path]:
     run = Path(run)
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {run} does not exist")
+    if (run / "config.json").is_file():  # a training run: its figures must all come from that run
+        from .training.run_directory import check_run_files
+
+        check_run_files(run)
     out = Path(out) if out is not None else run / "plots"
     written: list[Path] = []
     trainable_path = run / "trainable.safetensors"

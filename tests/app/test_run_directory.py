@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from test_training import Killed, _config, _kill_at, _log, _without_time
 
-from lowres_vision import cli
+from lowres_vision import cli, plots
 from lowres_vision.config import ConfigError
 from lowres_vision.errors import InputError
 from lowres_vision.training import evaluate, loop, train
@@ -112,6 +112,12 @@ def test_files_of_two_runs_are_refused_together(lite_root, reference, tmp_path):
     ids = [json.loads((path / "config.json").read_text())["run_id"] for path in (other, reference)]
     with pytest.raises(RunDirectoryError, match=f"trainable.safetensors belongs to run '{ids[0]}', .* to run '{ids[1]}'"):
         evaluate(_config(lite_root, mixed, checkpoint_every=2))
+    shutil.copy(other / "predictions-test.npz", mixed / "predictions-test.npz")
+    with pytest.raises(RunDirectoryError, match=f"{mixed}: predictions-test.npz \\('{ids[0]}'\\), trainable.safetensors "
+                                                f"\\('{ids[0]}'\\) do not belong to run '{ids[1]}' of config.json"):
+        plots.plot_run(mixed)
+    assert not (mixed / "plots").exists()
+    plots.plot_run(reference, tmp_path / "figures")  # one run's files: drawn
 
     _killed_run(lite_root, tmp_path / "killed")
     shutil.copy(other / "checkpoint.safetensors", tmp_path / "killed" / "checkpoint.safetensors")
@@ -300,7 +306,10 @@ def test_skip_drops_the_update_of_a_non_finite_step_and_logs_it(lite_root, tmp_p
         assert not torch.equal(seen[3][name], seen[2][name]) or "norm" in name
     skipped = [record for record in _log(run) if record["event"] == "skipped"]
     assert [(record["step"], record["loss"]) for record in skipped] == [(2, "nan")]
-    assert [record["step"] for record in _log(run) if record["event"] == "step"] == [1, 3, 4, 5, 6]
+    steps = {record["step"]: record["loss"] for record in _log(run) if record["event"] == "step"}
+    assert sorted(steps) == [1, 3, 4, 5, 6]
+    first_epoch = next(record for record in _log(run) if record["event"] == "epoch")
+    assert first_epoch["skipped"] == 1 and first_epoch["loss"] == pytest.approx((steps[1] + steps[3]) / 2)
 
 
 def test_each_split_has_its_own_results(lite_root, reference, tmp_path, capsys):

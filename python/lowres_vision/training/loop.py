@@ -187,6 +187,8 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
                     loss.backward()
                     optimizer.step()
                     progress.epoch_loss_sum += loss_value
+                else:
+                    progress.epoch_skipped += 1
                 progress.step_in_epoch += 1
                 progress.global_step += 1
                 bar.set_postfix(loss=f"{loss_value:.4f}")
@@ -202,9 +204,10 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
                     save()
                 if on_step is not None:
                     on_step(progress.global_step, model)
+        counted = progress.step_in_epoch - progress.epoch_skipped  # the mean is over the steps that updated
         record = {"event": "epoch", "epoch": epoch, "step": progress.global_step,
-                  "loss": progress.epoch_loss_sum / max(progress.step_in_epoch, 1), "samples": progress.epoch_samples,
-                  "time": time.time()}
+                  "loss": progress.epoch_loss_sum / max(counted, 1), "samples": progress.epoch_samples,
+                  **({"skipped": progress.epoch_skipped} if progress.epoch_skipped else {}), "time": time.time()}
         progress = Progress(epoch + 1, 0, progress.global_step)
         if context.is_main:
             if validate and (epoch + 1) % cfg.eval_every == 0:

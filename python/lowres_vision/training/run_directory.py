@@ -21,7 +21,7 @@ from torch import nn
 from ..config import RESUME_MAY_CHANGE, ConfigError, TrainConfig, config_from_dict
 from ..errors import InputError
 
-# 4: the run id; 3: the epoch's sample counts; 2: the memory bank is one tensor of features (1: a list of batches)
+# 4: the run id and skipped steps; 3: the epoch's sample counts; 2: the memory bank is one tensor of features (1: a list of batches)
 CHECKPOINT_FORMAT = 4
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -153,6 +153,7 @@ class Progress:
     epoch_loss_sum: float = 0.0  # over the steps already taken in `epoch`, for its mean in log.jsonl
     # Samples of each kind those steps used, summed over ranks, for log.jsonl.
     epoch_samples: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SAMPLE_KINDS, 0))
+    epoch_skipped: int = 0  # steps of `epoch` whose non-finite loss was skipped (not in epoch_loss_sum)
 
 def save_checkpoint(run: Path, run_id: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                      breaking_loss: Optional[nn.Module], progress: Progress, batch_size: int, world_size: int,
@@ -230,7 +231,7 @@ def load_checkpoint(run: Path, run_id: str, model: nn.Module, optimizer: torch.o
         breaking_loss.load_bank(tensors["breaking_loss.bank"].to(next(model.parameters()).device))
     set_rng_state(tensors, state["rng"])
     return Progress(state["epoch"], state["step_in_epoch"], state["global_step"], state["epoch_loss_sum"],
-                    state["epoch_samples"])
+                    state["epoch_samples"], state["epoch_skipped"])
 
 def read_log(path: Path) -> list[dict[str, Any]]:
     """The records of log.jsonl; a torn last line (a write cut short) is dropped, a bad line elsewhere refused."""
@@ -276,6 +277,30 @@ def load_trainable(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise RunDirectoryError(f"{path} belongs to run {metadata.get(RUN_ID)!r}, {run / 'config.json'} to run "
                                 f"{run_id!r}: files of two runs")
     return tensors, metadata
+
+
+def check_run_files(run: Path) -> None:
+    """Refuses a run directory whose files do not all carry the run id of its config.json."""
+    from safetensors import safe_open
+
+    run_id, _ = read_run_config(run)
+    found: dict[Path, Optional[str]] = {}
+    for path in run.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        found[path] = metadata.get(RUN_ID) or json.loads(metadata.get("state", "{}")).get(RUN_ID)
+    for path in [run / "checkpoint.json", *run.glob("metrics-*.json")]:
+        if path.is_file():
+            found[path] = json.loads(path.read_text()).get(RUN_ID)
+    for path in run.glob("predictions-*.npz"):
+        with np.load(path, allow_pickle=False) as predictions:
+            found[path] = str(predictions[RUN_ID]) if RUN_ID in predictions else None
+    if (run / "log.jsonl").is_file():
+        found[run / "log.jsonl"] = next(iter(read_log(run / "log.jsonl")), {}).get(RUN_ID)
+    foreign = sorted(f"{path.name} ({other!r})" for path, other in found.items() if other != run_id)
+    if foreign:
+        raise RunDirectoryError(f"{run}: {', '.join(foreign)} do not belong to run {run_id!r} of config.json: "
+                                f"files of two runs")
 
 
 def write_results(run: Path, split: str, metrics: dict[str, float], predictions: dict[str, np.ndarray], *,
