@@ -60,10 +60,14 @@ class TrainConfig:
     domain_attention: Optional[dict] = None
     adapter: Optional[dict] = None
     linear_probe: Optional[str] = field(default=None, metadata={"flag_alone": "logreg"})
-    # Optimisation (the paper: Adam, lr 1e-3, batch 8, 90 epochs).
+    # Optimisation (the paper: Adam, lr 1e-3, batch 8, 90 epochs; the release: lr 5e-4, batch 4).
     epochs: int = 90
     batch_size: int = 8
     lr: float = 1e-3
+    # Adam's other settings, on which the paper is silent: the authors' release's (scripts/train_*.py).
+    weight_decay: float = 5e-7
+    adam_beta1: float = 0.95
+    adam_beta2: float = 0.999
     logit_scale: float = 80.0
     train_augment: bool = False
     seed: int = 0
@@ -117,6 +121,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
             if getattr(self, name) > 0 and is_retrieval(self.task):
                 raise ConfigError(f"{name} mixes class labels; task {self.task!r} is a retrieval task")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"weight_decay must be finite and >= 0, got {self.weight_decay}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.breaking_loss_weight < 0:
             raise ConfigError(f"breaking_loss_weight must be >= 0, got {self.breaking_loss_weight}")
         if not math.isfinite(self.breaking_loss_weight):

@@ -113,7 +113,8 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
     train_set = train_dataset(cfg, train_tf)
     dataset = EpochSeededDataset(train_set, cfg.seed)
     sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=context.rank, seed=cfg.seed)
-    optimizer = torch.optim.Adam(parameters, lr=cfg.lr)
+    optimizer = torch.optim.Adam(parameters, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                 weight_decay=cfg.weight_decay)
     breaking_loss = None
     if cfg.augment_manifest is not None:
         from ..losses import MemoryBankContrastiveLoss
