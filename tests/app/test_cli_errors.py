@@ -83,6 +83,12 @@ def test_an_unavailable_device_is_a_setting_error(lite_root, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     assert cli.main(_train(lite_root, tmp_path / "run", "--device", "cuda:x")) == 2
     assert "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'cuda:x'" in capsys.readouterr().err
+    for argv in (["demo", "--out", str(tmp_path / "demo"), "--data", str(tmp_path / "synth"), "--device", "cuda"],
+                 ["augment", "--data-root", str(lite_root), "--task", "circuits", "--out", str(tmp_path / "aug"),
+                  "--tiny", "--device", "cuda"]):
+        assert cli.main(argv) == 2
+        assert one_line_error(capsys.readouterr(), argv[0]).startswith("device 'cuda': CUDA is not available")
+    assert not any((tmp_path / name).exists() for name in ("demo", "synth", "aug"))  # refused before any work
 
 
 def test_plot_of_a_missing_run_and_synth_of_a_bad_scale(tmp_path, capsys):

@@ -117,6 +117,7 @@ def run(args) -> int:
     from ..augment.pipeline import DEFAULT_MODEL, TINY_MODEL
     from ..data import task_spec
     from ..augment.preview import plot_examples, plot_genie_ada
+    from ..config import check_device
 
     if args.merge_only:
         print(f"merged manifest: {merge_manifests(args.out)}")
@@ -125,7 +126,9 @@ def run(args) -> int:
     spec = _embedder_spec(args)
     world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(check_device(args.device))
+    if device.type == "cuda" and device.index is None:  # set_device needs an index: this rank's GPU
+        device = torch.device("cuda", local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1:

@@ -42,8 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
+    from ..config import check_device
     from ..demo import CONFIGURATIONS, DemoSettings, run_demo, slug
 
+    check_device(args.device)  # before the benchmark is generated, not at the first run
     by_slug = {slug(name): name for name in CONFIGURATIONS}
     real_backbone = args.pretrained is not None or args.checkpoint is not None
     settings = DemoSettings(
