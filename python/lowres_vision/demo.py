@@ -43,7 +43,7 @@ def configuration(name: str, task: str) -> dict:
     return settings
 
 
-# The columns of the paper's results tables: (task, metric key in metrics.json, header, decimals).
+# The columns of the paper's results tables: (task, metric key in metrics-test.json, header, decimals).
 TABLE_COLUMNS = (
     ("circuits", "top1", "Circuits Top-1 (%) ↑"),
     ("circuits", "top5", "Circuits Top-5 (%) ↑"),
