@@ -713,3 +713,19 @@ def test_cli_genie_ada_scores_with_the_backbone_being_adapted(tmp_path):
             target_mean = source_embeddings[entry["label"]]  # one source image per class
             distances = projected_distances(candidate_embeddings, source_embeddings[source.label], target_mean)
             assert torch.allclose(distances, torch.tensor(entry["distances"]), atol=1e-5) == same
+
+
+def test_the_augment_commands_defaults_are_augment_configs():
+    """The command takes its defaults from AugmentConfig, the one home of each generation setting."""
+    from lowres_vision.cli import build_parser
+
+    args = build_parser().parse_args(["augment", "--data-root", "x", "--task", "circuits", "--out", "y"])
+    defaults = AugmentConfig()
+    flag_to_field = {"m": "m", "steps": "steps", "batch_size": "batch_size", "preserve_strength": "preserve_strength",
+                     "break_strength": "break_strength", "guidance_scale": "guidance_scale", "resize": "resize",
+                     "genie_prompt": "genie_prompt_template", "genie_ratio": "genie_ratio",
+                     "genie_guidance_scale": "genie_guidance_scale", "genie_resize": "genie_resize",
+                     "genie_schedule": "genie_schedule", "genie_per_class": "genie_per_class", "seed": "seed"}
+    for flag, name in flag_to_field.items():
+        assert getattr(args, flag) == getattr(defaults, name), flag
+    assert tuple(args.modes.split(",")) == defaults.modes

@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 
+TINY_RESOLUTION = 64  # the tiny offline pipeline's images
+
 
 def register(subparsers) -> None:
+    from ..augment import AugmentConfig
     from ..data import task_names
 
+    defaults = AugmentConfig()  # the one home of every generation default
     parser = subparsers.add_parser(
         "augment", help="generate label-preserving / label-breaking / GeNIe images with Stable Diffusion img2img",
         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -23,26 +27,27 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="augmentation directory (images/, manifest.jsonl)")
     parser.add_argument("--model", default=None, help="diffusers hub id or local path (default: SD 1.5)")
     parser.add_argument("--tiny", action="store_true", help="a tiny random pipeline and backbone (offline demos, tests)")
-    parser.add_argument("--modes", default="preserving,breaking", help="comma-separated subset of preserving,breaking,genie")
-    parser.add_argument("--m", type=int, default=10, help="label-preserving and label-breaking images per source image")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--resolution", type=int, default=None, help="default 512 (64 with --tiny)")
-    parser.add_argument("--preserve-strength", type=float, default=0.3, help="γ")
-    parser.add_argument("--break-strength", type=float, default=0.6, help="τ")
-    parser.add_argument("--guidance-scale", type=float, default=5.0,
+    parser.add_argument("--modes", default=",".join(defaults.modes), help="comma-separated subset of preserving,breaking,genie")
+    parser.add_argument("--m", type=int, default=defaults.m, help="label-preserving and label-breaking images per source image")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--resolution", type=int, default=None,
+                        help=f"default {defaults.resolution} ({TINY_RESOLUTION} with --tiny)")
+    parser.add_argument("--preserve-strength", type=float, default=defaults.preserve_strength, help="γ")
+    parser.add_argument("--break-strength", type=float, default=defaults.break_strength, help="τ")
+    parser.add_argument("--guidance-scale", type=float, default=defaults.guidance_scale,
                         help="classifier-free guidance of label-preserving/-breaking images (LITE release)")
-    parser.add_argument("--resize", default="squash",
+    parser.add_argument("--resize", default=defaults.resize,
                         help="squash or center-crop: how label-preserving/-breaking inputs become square "
                              "(LITE release: squash)")
     parser.add_argument("--prompt", default=None, help="prompt template with {name} (default per task)")
-    parser.add_argument("--genie-prompt", default="a photo of a {name}.", help="GeNIe target-class prompt template")
-    parser.add_argument("--genie-ratio", type=float, default=0.8, help="GeNIe noise ratio r")
+    parser.add_argument("--genie-prompt", default=defaults.genie_prompt_template, help="GeNIe target-class prompt template")
+    parser.add_argument("--genie-ratio", type=float, default=defaults.genie_ratio, help="GeNIe noise ratio r")
     parser.add_argument("--genie-ada", action="store_true", help="choose r per image from 0.5..0.9 (GeNIe-Ada)")
-    parser.add_argument("--genie-guidance-scale", type=float, default=7.5, help="GeNIe's guidance (GeNIe release)")
-    parser.add_argument("--genie-resize", default="center-crop",
+    parser.add_argument("--genie-guidance-scale", type=float, default=defaults.genie_guidance_scale, help="GeNIe's guidance (GeNIe release)")
+    parser.add_argument("--genie-resize", default=defaults.genie_resize,
                         help="squash or center-crop, for GeNIe (GeNIe release: center-crop)")
-    parser.add_argument("--genie-schedule", default="release",
+    parser.add_argument("--genie-schedule", default=defaults.genie_schedule,
                         help="release: noise at int(1000 r), grid steps t - 1 <= 1000 r; paper: the last int(r steps)")
     parser.add_argument("--genie-per-class", type=int, default=None,
                         help="GeNIe images per target class (the paper's balance); default: one per source image "
@@ -56,7 +61,7 @@ def register(subparsers) -> None:
     parser.add_argument("--embedder-checkpoint", default=None, help="local weights of --embedder")
     parser.add_argument("--allow-random-embedder", action="store_true",
                         help="let GeNIe-Ada score with a randomly initialised embedder (tests, demos)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--device", default=None, help="default: cuda:<LOCAL_RANK> when available, else cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                         help="default float16 on CUDA, float32 on CPU")
@@ -139,7 +144,7 @@ def run(args) -> int:
         # Only a CPU barrier before the merge is needed (gloo); ranks may finish hours apart.
         dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
     cfg = AugmentConfig(
-        modes=args.modes, m=args.m, steps=args.steps, resolution=args.resolution or (64 if args.tiny else 512),
+        modes=args.modes, m=args.m, steps=args.steps, resolution=args.resolution or (TINY_RESOLUTION if args.tiny else AugmentConfig.resolution),
         preserve_strength=args.preserve_strength, break_strength=args.break_strength,
         guidance_scale=args.guidance_scale, resize=args.resize,
         prompt_template=args.prompt or task_spec(args.task).augment_prompt,
