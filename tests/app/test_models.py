@@ -218,11 +218,11 @@ def test_a_few_adam_steps_reduce_a_toy_loss(towers, images, adapter):
     assert losses[-1] < 0.97 * losses[0]
 
 
-# ----------------------------------------------------------------------------- domain attention vs SPEC section 2
+# ----------------------------------------------------------------------------- domain attention vs its definition (docs/ops.md)
 
 
 def spec_domain_attention_block(x, maps, mix_logits, alpha, num_prefix_tokens, parts):
-    """SPEC section 2 written out: per-map crops M_c[h - i + k, h - j + l], prefix logits 0, per-map
+    """Domain attention as the LITE paper defines it (docs/ops.md), written out: per-map crops M_c[h - i + k, h - j + l], prefix logits 0, per-map
     projection, softmax(r)-mixing, alpha * f added after the attention branch, then the MLP branch."""
     norm1, attention_branch, value, out_proj, norm2, mlp_branch = parts
     h_grid = maps.shape[-1] // 2

@@ -1,6 +1,6 @@
 """Datasets: the three LITE tasks, an ImageFolder tree and a paired CSV, and their transforms.
 
-Expected layout under the data root (SPEC §5; CSV header rows are optional everywhere):
+Expected layout under the data root (that of the released LITE benchmark; CSV header rows are optional everywhere):
 
     circuits/label_map.csv                      id,name            (class index = rank of id)
     circuits/{train,val,test}_5_shots.csv       id,filename,label  (label = an id of label_map)

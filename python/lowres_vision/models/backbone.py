@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from torch import nn
 
-# OpenAI CLIP normalisation, the preprocessing the LITE evaluation uses (SPEC section 5).
+# OpenAI CLIP normalisation, the preprocessing the LITE evaluation uses.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 

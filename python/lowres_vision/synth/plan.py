@@ -1,6 +1,6 @@
 """Split plans of the synthetic LITE benchmark: what every CSV row will be, without rendering.
 
-The split sizes are those of the real benchmark (paper 000, Table 1; SPEC section 5):
+The split sizes are those of the real benchmark (the LITE paper, arXiv:2401.04716, Table 1):
 circuits 154/100/1078 (32 classes, 5 shots per class in train except six rare classes with 4,
 test covering 29 classes), historic maps 102/140/409 pairs, mechanical drawings 300/100/754 pairs.
 `scale` shrinks every split (at least one row, and at least one train shot per class) so tests
