@@ -94,7 +94,7 @@ def breaking_pair_batches(cfg: TrainConfig, transform, context: Distributed, sta
 
     pairs = BreakingPairs(cfg.augment_manifest, transform)
     if len(pairs) == 0:
-        raise ValueError(f"augment_manifest {cfg.augment_manifest}: no (label-breaking, partner) pairs listed")
+        raise InputError(f"augment_manifest {cfg.augment_manifest}: no (label-breaking, partner) pairs listed")
     dataset = EpochSeededDataset(pairs, cfg.seed + 1)
     sampler = ResumableDistributedSampler(dataset, num_replicas=context.world_size, rank=context.rank, seed=cfg.seed + 1)
     per_pass = math.ceil(sampler.num_samples / cfg.batch_size)

@@ -107,7 +107,7 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
     model.to(device)
     parameters = [parameter for _, parameter in model.trainable_parameters()]
     if not parameters:
-        raise ValueError("train: nothing to train; set tokenization, domain_attention or adapter, or linear_probe")
+        raise ConfigError("train: nothing to train; set tokenization, domain_attention or adapter, or linear_probe")
     train_tf, eval_tf = transforms(preprocess, cfg.train_augment, cfg.random_erasing)
     mixing = BatchMixing.from_config(cfg, None if class_names is None else len(class_names))
     train_set = train_dataset(cfg, train_tf)

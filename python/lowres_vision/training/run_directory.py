@@ -198,13 +198,14 @@ def load_checkpoint(run: Path, run_id: str, model: nn.Module, optimizer: torch.o
         state = json.loads(handle.metadata()["state"])
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"resume: {path} has checkpoint format {state.get('format')}, expected {CHECKPOINT_FORMAT}")
+        raise RunDirectoryError(f"resume: {path} has checkpoint format {state.get('format')}, expected "
+                                f"{CHECKPOINT_FORMAT}")
     if state.get(RUN_ID) != run_id:
         raise RunDirectoryError(f"resume: {path} belongs to run {state.get(RUN_ID)!r}, {run / 'config.json'} to run "
                                 f"{run_id!r}: files of two runs")
     sampler = state["sampler"]
     if (sampler["seed"], sampler["num_replicas"], sampler["batch_size"]) != (seed, world_size, batch_size):
-        raise ValueError(
+        raise ConfigError(
             f"resume: {path} was written with seed={sampler['seed']}, world size={sampler['num_replicas']}, "
             f"batch_size={sampler['batch_size']}; this run has seed={seed}, world size={world_size}, batch_size={batch_size}"
         )
@@ -212,8 +213,8 @@ def load_checkpoint(run: Path, run_id: str, model: nn.Module, optimizer: torch.o
     expected = {f"model.{name}" for name in parameters}
     found = {name for name in tensors if name.startswith("model.")}
     if expected != found:
-        raise ValueError(f"resume: {path} holds trainable parameters {sorted(found - expected)[:5]} and lacks "
-                         f"{sorted(expected - found)[:5]}: it was written for a different model configuration")
+        raise RunDirectoryError(f"resume: {path} holds trainable parameters {sorted(found - expected)[:5]} and lacks "
+                                f"{sorted(expected - found)[:5]}: it was written for a different model configuration")
     with torch.no_grad():
         for name, parameter in parameters.items():
             parameter.copy_(tensors[f"model.{name}"])
@@ -227,7 +228,7 @@ def load_checkpoint(run: Path, run_id: str, model: nn.Module, optimizer: torch.o
     optimizer.load_state_dict({"state": optimizer_state, "param_groups": state["optimizer"]["param_groups"]})
     if breaking_loss is not None:
         if "breaking_loss.bank" not in tensors:
-            raise ValueError(f"resume: {path} holds no memory bank: it was written by a run without augment_manifest")
+            raise RunDirectoryError(f"resume: {path} holds no memory bank: it was written by a run without augment_manifest")
         breaking_loss.load_bank(tensors["breaking_loss.bank"].to(next(model.parameters()).device))
     set_rng_state(tensors, state["rng"])
     return Progress(state["epoch"], state["step_in_epoch"], state["global_step"], state["epoch_loss_sum"],
