@@ -71,6 +71,7 @@ def test_compressed_index_reports_the_recall_it_is_searched_at(tmp_path):
     built = index.meta["indices"][VLM_SPACE]
     assert (built["kind"], built["factory"], built["recall_target"]) == ("ivfpq", "OPQ4_32,IVF75,PQ4x8np", 0.9)
     assert built["recall_at_10"] >= 0.9 and built["tuning_queries"] == 1000
+    assert built["pq_distortion"]["opq"] <= 0.9 * built["pq_distortion"]["plain"]  # why OPQ was kept
     assert index.meta["indices"][TEXT_SPACE]["kind"] == "flat" and index.meta["indices"][TEXT_SPACE]["recall_at_10"] == 1.0
 
     # The reported recall is what search returns at the tuned settings on the held-out rows, own row excluded.
@@ -94,6 +95,17 @@ def test_compressed_index_reports_the_recall_it_is_searched_at(tmp_path):
     # Scores are exact cosines even though the codes are 4 bytes: the candidates are re-ranked.
     scores, ids = index.search(VLM_SPACE, corpus[:5], k=3)
     np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", corpus[:5], corpus[ids]), rtol=1e-5, atol=1e-6)
+
+
+def test_opq_is_kept_only_where_it_lowers_the_code_error():
+    # Variation along 4 directions of 32 is what OPQ's rotation balances across sub-vectors; isotropic
+    # noise has nothing to balance.
+    structured = clustered(3000, 32, seed=8).numpy()
+    isotropic = F.normalize(torch.randn(3000, 32, generator=torch.Generator().manual_seed(9)), dim=-1).numpy()
+    rotation, errors = ann._rotation_if_it_helps(structured, 4)
+    assert rotation is not None and errors["opq"] <= 0.9 * errors["plain"]
+    rotation, errors = ann._rotation_if_it_helps(isotropic, 4)
+    assert rotation is None and errors["opq"] > 0.9 * errors["plain"]
 
 
 def test_first_search_raises_nprobe_for_queries_unlike_the_corpus(tmp_path):
