@@ -65,6 +65,17 @@ def test_a_read_only_run_directory_is_one_line_and_exit_1(lite_root, tmp_path, m
     assert message.startswith("Read-only file system: ") and str(tmp_path / "run") in message
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories; the monkeypatched test above covers it")
+def test_a_chmod_read_only_out_is_one_line_and_exit_1(lite_root, tmp_path, capsys):
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked").chmod(0o500)
+    try:
+        assert cli.main(_train(lite_root, tmp_path / "locked" / "run")) == 1
+    finally:
+        (tmp_path / "locked").chmod(0o700)
+    assert one_line_error(capsys.readouterr(), "train").startswith("Permission denied: ")
+
+
 def test_debug_prints_the_traceback_before_or_after_the_command(lite_root, tmp_path, monkeypatch, capsys):
     _read_only_disk(monkeypatch)
     assert cli.main(["--debug", *_train(lite_root, tmp_path / "a")]) == 1
