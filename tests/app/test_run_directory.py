@@ -134,6 +134,8 @@ def test_resume_refuses_changed_settings_and_changes_no_file(lite_root, tmp_path
     with pytest.raises(ConfigError, match=r"settings differ from .*config.json: tokenization \{'pool': 'avg'\} -> "
                                           r"\{'pool': 'max'\}; lr 0.01 -> 0.1; seed 0 -> 1; a run continues"):
         train(_config(lite_root, run, checkpoint_every=2, resume=True, lr=0.1, seed=1, tokenization={"pool": "max"}))
+    with pytest.raises(ConfigError, match=r"resume: epochs=1, but the checkpoint in .* is past it \(epoch 2, step 1 of it\)"):
+        train(_config(lite_root, run, checkpoint_every=2, resume=True, epochs=1))
     capsys.readouterr()
     assert cli.main(["train", "--out", str(run), "--resume", "--adapter", '{"kind": "lora"}']) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()

@@ -124,8 +124,9 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
     progress = Progress()
     if cfg.resume:  # everything is checked before the first write: a refused resume changes no file
         progress = load_checkpoint(run, run_id, model, optimizer, breaking_loss, cfg.batch_size, world_size, cfg.seed)
-        if progress.epoch > cfg.epochs:
-            raise ConfigError(f"resume: epochs={cfg.epochs}, but the checkpoint in {run} has finished {progress.epoch}")
+        if (progress.epoch, progress.step_in_epoch) > (cfg.epochs, 0):
+            raise ConfigError(f"resume: epochs={cfg.epochs}, but the checkpoint in {run} is past it (epoch "
+                              f"{progress.epoch + 1}, step {progress.step_in_epoch} of it); a run may only get longer")
     if context.is_main:
         if cfg.resume:
             truncate_log(run / "log.jsonl", progress.global_step)
