@@ -90,7 +90,7 @@ def bench_shapes(device_type: str, smoke: bool) -> list[ViTShape]:
 @dataclass(frozen=True)
 class OpSpec:
     name: str
-    kernel: str  # "subkernel_tokenize" | "domain_attention"
+    function: str  # the lowres_kernels function it times: "subkernel_tokenize" | "domain_attention"
     options: dict = field(default_factory=dict)
 
 
@@ -122,7 +122,7 @@ def _randn(*size: int, device: torch.device, generator: torch.Generator, scale: 
 def op_inputs(op: OpSpec, shape: ViTShape, device: torch.device) -> Workload:
     """The op's own inputs (seeded) with the workload calling lowres_kernels' default; peers replace fn."""
     gen = torch.Generator().manual_seed(0)
-    if op.kernel == "subkernel_tokenize":
+    if op.function == "subkernel_tokenize":
         x = _randn(shape.batch, 3, shape.image, shape.image, device=device, generator=gen)
         weight = _randn(shape.width, 3, shape.patch, shape.patch, device=device, generator=gen, scale=(3 * shape.patch**2) ** -0.5)
         # The patch kernel is frozen and the image needs no gradient: only the logits train.
@@ -140,7 +140,7 @@ def op_inputs(op: OpSpec, shape: ViTShape, device: torch.device) -> Workload:
 def floor_gemm_inputs(op: OpSpec, shape: ViTShape, device: torch.device) -> Workload:
     """One matmul shaped like the op's main GEMM, with gradients where the op needs them."""
     gen = torch.Generator().manual_seed(0)
-    if op.kernel == "subkernel_tokenize":
+    if op.function == "subkernel_tokenize":
         # (B p^2, 3 u^2) x (3 u^2, D): the mixed-kernel conv as a GEMM; backward: the kernel's gradient.
         cols = _randn(shape.batch * shape.fine**2, 3 * shape.sub**2, device=device, generator=gen)
         kernel = _randn(3 * shape.sub**2, shape.width, device=device, generator=gen).requires_grad_()
@@ -179,8 +179,8 @@ class Peer:
         if self.backend == "triton":
             import importlib.util
 
-            if importlib.util.find_spec(f"lowres_kernels.triton.{op.kernel}") is None:
-                return f"lowres_kernels.triton.{op.kernel} does not exist yet"
+            if importlib.util.find_spec(f"lowres_kernels.triton.{op.function}") is None:
+                return f"lowres_kernels.triton.{op.function} does not exist yet"
         if self.fn is peers.stock_domain_attention_flex and device.type == "cpu":
             return "FlexAttention has no backward on CPU in this torch"
         return None

@@ -1,7 +1,7 @@
 """The peers our kernels are measured against, in one place.
 
 "Stock" peers are what a strong engineer writes with stock PyTorch and no custom kernels,
-using the same algebra our kernels use (SPEC §1-2), so a win over them is a win of the
+using the same algebra our kernels use (docs/ops.md), so a win over them is a win of the
 kernels, not of the maths:
 
 - tokenization: mix the T sub-kernels into one u x u kernel, then one `F.conv2d` (stride u)

@@ -15,10 +15,16 @@ namespace lowres {
 
 enum class Pool { Max, Avg };
 
-// Sizes of one subkernel_tokenize call (SPEC §1).
+// The dtype every kernel computes in for inputs like `t`: float64 stays float64; float32, float16
+// and bfloat16 accumulate in float32 and are rounded once at the end.
+inline at::ScalarType accumulate_type(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Sizes of one subkernel_tokenize call (docs/ops.md).
 struct SubkernelGeometry {
   int64_t batch, channels, height, width;  // x: [B, C, H, W]
-  int64_t dim;                             // D: output channels of the patch kernel
+  int64_t dim;                             // D: output channels of the patch filter
   int64_t patch;                           // q: kernel size and stride of the frozen patch conv
   int64_t sub;                             // u: sub-kernel size and stride
   int64_t step;                            // offset between neighbouring sub-kernels
@@ -51,31 +57,31 @@ int64_t check_domain_attention(const at::Tensor& v, const at::Tensor& maps, cons
 int64_t check_domain_attention_backward(const at::Tensor& grad, const at::Tensor& v, const at::Tensor& maps,
                                         const at::Tensor& mix_logits, int64_t num_prefix_tokens);
 
-// The kernels one subkernel_tokenize call multiplies the image with, in the accumulation dtype
-// and on the weight's device (csrc/subkernel_kernels.cpp):
-struct SubkernelKernels {
+// The filters one subkernel_tokenize call multiplies the image with, in the accumulation dtype
+// and on the weight's device (csrc/subkernel_filters.cpp):
+struct SubkernelFilters {
   at::Tensor alpha;      // softmax(logits) [T]
   at::Tensor placement;  // E [q, u, n]: E[y, i, a] = 1 where y = a * step + i
   at::Tensor mixing;     // M [q q, u u] with K_eff = K @ M
   at::Tensor weight;     // K [D, C, q, q]
   at::Tensor fine;       // K_eff [D, C u u] for max pooling; undefined otherwise (or when blend = 0)
   at::Tensor patch;      // [D, C q q]: (1 - blend) K for max pooling with blend != 1, or for avg pooling
-                         // the whole op folded into one q x q kernel; undefined when unused
+                         // the whole op folded into one q x q filter; undefined when unused
 };
-// Whether a call multiplies the image with the fine kernel K_eff (max pooling) and with a q x q
+// Whether a call multiplies the image with the fine filter K_eff (max pooling) and with a q x q
 // kernel (avg pooling, or the blend's plain patch embedding).
-inline bool uses_fine_kernel(const SubkernelGeometry& g) { return g.pool == Pool::Max && g.blend != 0.0; }
-inline bool uses_patch_kernel(const SubkernelGeometry& g) { return g.pool == Pool::Avg || g.blend != 1.0; }
+inline bool uses_fine_filter(const SubkernelGeometry& g) { return g.pool == Pool::Max && g.blend != 0.0; }
+inline bool uses_patch_filter(const SubkernelGeometry& g) { return g.pool == Pool::Avg || g.blend != 1.0; }
 
-// `image_kernels = false` leaves fine and patch undefined: a backward that wants no dx needs only
-// the gradients of those kernels, never the kernels themselves.
-SubkernelKernels make_subkernel_kernels(const SubkernelGeometry& g, const at::Tensor& weight,
-                                        const at::Tensor& logits, at::ScalarType acc, bool image_kernels = true);
+// `image_filters = false` leaves fine and patch undefined: a backward that wants no dx needs only
+// the gradients of those filters, never the filters themselves.
+SubkernelFilters make_subkernel_filters(const SubkernelGeometry& g, const at::Tensor& weight,
+                                        const at::Tensor& logits, at::ScalarType acc, bool image_filters = true);
 
-// Maps the gradients of the image GEMMs' kernels -- fine_grad [D, C u u] (max pooling) and
+// Maps the gradients of the image GEMMs' filters -- fine_grad [D, C u u] (max pooling) and
 // patch_grad [D, C q q], either undefined when that GEMM did not run -- to dL/dweight and
 // dL/dlogits in the accumulation dtype (undefined where not wanted).
-std::pair<at::Tensor, at::Tensor> subkernel_kernel_grads(const SubkernelGeometry& g, const SubkernelKernels& k,
+std::pair<at::Tensor, at::Tensor> subkernel_filter_grads(const SubkernelGeometry& g, const SubkernelFilters& k,
                                                          const at::Tensor& fine_grad, const at::Tensor& patch_grad,
                                                          bool want_weight, bool want_logits);
 
@@ -91,9 +97,9 @@ std::optional<SubkernelGrads> subkernel_grads_without_kernels(const at::Tensor& 
                                                               std::array<bool, 4> output_mask);
 
 // The four gradients from what the device kernels computed in the accumulation dtype: dx (defined
-// when asked for) and the image GEMMs' kernel gradients (as subkernel_kernel_grads takes them),
+// when asked for) and the image GEMMs' filter gradients (as subkernel_filter_grads takes them),
 // cast to the inputs' dtypes.
-SubkernelGrads subkernel_grads_from_kernels(const SubkernelGeometry& g, const SubkernelKernels& k,
+SubkernelGrads subkernel_grads_from_kernels(const SubkernelGeometry& g, const SubkernelFilters& k,
                                             const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
                                             const at::Tensor& logits, const at::Tensor& dx,
                                             const at::Tensor& fine_grad, const at::Tensor& patch_grad,

@@ -1,6 +1,6 @@
 // Operator schemas (one TORCH_LIBRARY block) and the argument checks every backend shares.
 // Kernels register per device in cpu/ and cuda/; autograd and fake (meta) implementations
-// are registered from Python (lowres_kernels/ops/).
+// are registered from Python (lowres_kernels/_registration.py, called by lowres_kernels/ops.py).
 #include "lowres.h"
 
 #include <ATen/ATen.h>

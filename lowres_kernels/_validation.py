@@ -68,7 +68,7 @@ def check_subkernel_options(
     blend: float,
     weight: Optional[torch.Tensor] = None,
 ) -> tuple[int, int]:
-    """Validates the options of sub-kernel tokenization against a q x q patch kernel and T =
+    """Validates the options of sub-kernel tokenization against a q x q patch filter and T =
     num_subkernels sub-kernels (also at module construction, before any input exists); returns
     (n, r): the sub-kernels per side and the pooling window. `weight`, when given, is named in
     the messages."""

@@ -15,7 +15,7 @@ from .ops import domain_attention, subkernel_tokenize
 class SubKernelPatchEmbed(nn.Module):
     """A ViT patch embedding (conv, kernel = stride = q) with sub-kernel tokenization.
 
-    The patch kernel (and bias) stay frozen; only the T sub-kernel logits are learned,
+    The patch filter (and bias) stay frozen; only the T sub-kernel logits are learned,
     initialised to ones as in the authors' release. Output [B, D, H/q, W/q], like the conv.
     Build it around an existing frozen conv with `SubKernelPatchEmbed.from_conv(conv)`.
     """

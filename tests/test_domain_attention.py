@@ -1,4 +1,4 @@
-"""domain_attention (SPEC §2): every backend available here against the naive oracle."""
+"""domain_attention (docs/ops.md): every backend available here against the naive oracle."""
 
 from __future__ import annotations
 

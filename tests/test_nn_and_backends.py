@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 from torch import nn
@@ -11,11 +9,8 @@ from torch import nn
 from kernel_testing import OpCalls, check_autocast_computes_in_float32
 
 import lowres_kernels as lk
-from lowres_kernels import _backend
+from lowres_kernels import _backend, ops
 from lowres_kernels.nn import DomainAttention, SubKernelPatchEmbed
-
-# The module (lowres_kernels.ops re-exports its function under the same name).
-tokenize_ops = importlib.import_module("lowres_kernels.ops.subkernel_tokenize")
 
 
 def patch_conv(dim=8, patch=14, bias=False):
@@ -269,9 +264,9 @@ def test_subkernel_tokenize_gives_the_rule_its_call(monkeypatch, grad_of):
     monkeypatch.setattr(_backend, "triton_available", lambda device: True)
     calls = []
     monkeypatch.setattr(
-        tokenize_ops, "triton_is_faster_for_tokenize", lambda *args: calls.append(args) or False
+        ops, "triton_is_faster_for_tokenize", lambda *args: calls.append(args) or False
     )
-    monkeypatch.setattr(tokenize_ops, "resolve_backend", _resolve_as_if_on_a_gpu)
+    monkeypatch.setattr(ops, "resolve_backend", _resolve_as_if_on_a_gpu)
     x, weight, logits = torch.randn(2, 3, 28, 42), torch.randn(4, 3, 14, 14), torch.randn(49)
     for name, t in (("x", x), ("weight", weight), ("logits", logits)):
         t.requires_grad_(name == grad_of)

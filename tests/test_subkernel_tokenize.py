@@ -1,4 +1,4 @@
-"""subkernel_tokenize (SPEC §1): every backend available here against the naive oracle."""
+"""subkernel_tokenize (docs/ops.md): every backend available here against the naive oracle."""
 
 from __future__ import annotations
 

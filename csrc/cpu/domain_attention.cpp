@@ -1,4 +1,4 @@
-// CPU kernels of domain_attention (SPEC §2).
+// CPU kernels of domain_attention (docs/ops.md).
 //
 // Forward: every map's patch-row logits are gathered from the maps (A_c is Toeplitz: it depends
 // on k - i, l - j only), softmaxed by ATen's vectorised kernel and mixed into one attention
@@ -34,10 +34,6 @@ void gather_patch_logits(const T* maps, T* logits, int64_t num_maps, int64_t h, 
       }
     }
   });
-}
-
-at::ScalarType accumulate_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 void check_cpu(const at::Tensor& v) {

@@ -1,12 +1,12 @@
-// CPU kernels of subkernel_tokenize (SPEC §1).
+// CPU kernels of subkernel_tokenize (docs/ops.md).
 //
 // Everything before the pool is linear in x, so the T sub-kernel convolutions are one u x u,
-// stride-u convolution with the combined kernel K_eff = sum_t softmax(w)_t k_t (built, with its
-// gradients, by the device-independent code in csrc/subkernel_kernels.cpp). The image is
+// stride-u convolution with the combined filter K_eff = sum_t softmax(w)_t k_t (built, with its
+// gradients, by the device-independent code in csrc/subkernel_filters.cpp). The image is
 // processed in tiles of token rows: each tile is an implicit-im2col GEMM (BLAS) whose output
 // [D, fine pixels of the tile] is max-pooled straight into the tokens, so the fine map never
 // exists in full and no per-sub-kernel tensor ever exists. With pool="avg" the pooled combined
-// kernel folds into one q x q kernel: the op costs exactly the plain patch embedding.
+// kernel folds into one q x q filter: the op costs exactly the plain patch embedding.
 // Half and bfloat16 inputs are computed in float32 and rounded once at the end.
 #include "lowres.h"
 
@@ -19,10 +19,6 @@
 
 namespace lowres {
 namespace {
-
-at::ScalarType accumulate_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 // Token rows per tile: at least `min_fine` fine pixels (max pooling) and `min_tokens` tokens per
 // tile, so that each tile's GEMMs are efficient -- the weight-gradient GEMMs reduce over the tile,
@@ -157,7 +153,7 @@ void max_pool_row(int64_t r, const T* fine, int64_t fw, int64_t gw, T* best_out,
 }
 
 template <typename T>
-void forward_tiles(const SubkernelGeometry& g, const SubkernelKernels& k, const at::Tensor& x, const at::Tensor& bias,
+void forward_tiles(const SubkernelGeometry& g, const SubkernelFilters& k, const at::Tensor& x, const at::Tensor& bias,
                    at::Tensor& out, at::Tensor& indices) {
   const int64_t rows_per_tile = tile_rows(g, /*min_fine=*/512, /*min_tokens=*/64);
   const int64_t tiles = g.batch * ((g.grid_h + rows_per_tile - 1) / rows_per_tile);
@@ -227,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor> subkernel_tokenize_cpu(const at::Tensor& x, c
   if (out.numel() == 0) return {out, indices};
 
   const auto acc = accumulate_type(x);
-  const SubkernelKernels k = make_subkernel_kernels(g, weight, logits, acc);
+  const SubkernelFilters k = make_subkernel_filters(g, weight, logits, acc);
   const at::Tensor xa = x.to(acc).contiguous();
   const at::Tensor ba = bias.has_value() && bias->defined() ? bias->to(acc).contiguous() : at::Tensor();
   at::Tensor out_acc = x.scalar_type() == acc ? out : at::empty(out.sizes(), out.options().dtype(acc));
@@ -238,11 +234,11 @@ std::tuple<at::Tensor, at::Tensor> subkernel_tokenize_cpu(const at::Tensor& x, c
   return {out, indices};
 }
 
-// dL/d(q x q kernel) [D, C q q] = grad [D, B G] @ patches [B G, C q q] as ONE GEMM over every
+// dL/d(q x q filter) [D, C q q] = grad [D, B G] @ patches [B G, C q q] as ONE GEMM over every
 // token of the batch: BLAS runs the long reduction at full speed, where per-tile accumulation into
 // the [D, C q q] output spends its time re-reading that output. The two operands are copies the
 // size of the image and of the tokens.
-at::Tensor patch_kernel_grad(const SubkernelGeometry& g, const at::Tensor& x, const at::Tensor& grad) {
+at::Tensor patch_filter_grad(const SubkernelGeometry& g, const at::Tensor& x, const at::Tensor& grad) {
   const int64_t q = g.patch, tokens = g.batch * g.grid_h * g.grid_w;
   const at::Tensor patches = x.view({g.batch, g.channels, g.grid_h, q, g.grid_w, q})
                                  .permute({0, 2, 4, 1, 3, 5})
@@ -255,8 +251,8 @@ at::Tensor patch_kernel_grad(const SubkernelGeometry& g, const at::Tensor& x, co
 // routed gradient exists only per tile), and writes dx. Each thread sums into its own slice of
 // fine_grad; the slices are added at the end.
 template <typename T>
-void backward_tiles(const SubkernelGeometry& g, const SubkernelKernels& k, const at::Tensor& x, const at::Tensor& grad,
-                    const at::Tensor& indices, bool want_kernel_grads, at::Tensor& dx, at::Tensor& fine_grad) {
+void backward_tiles(const SubkernelGeometry& g, const SubkernelFilters& k, const at::Tensor& x, const at::Tensor& grad,
+                    const at::Tensor& indices, bool want_filter_grads, at::Tensor& dx, at::Tensor& fine_grad) {
   const int64_t rows_per_tile = tile_rows(g, /*min_fine=*/1024, /*min_tokens=*/256);
   const int64_t tiles = g.batch * ((g.grid_h + rows_per_tile - 1) / rows_per_tile);
   const int64_t fine_k = g.channels * g.sub * g.sub, patch_k = g.channels * g.patch * g.patch;
@@ -265,7 +261,7 @@ void backward_tiles(const SubkernelGeometry& g, const SubkernelKernels& k, const
   const T* xp = x.data_ptr<T>();
   const T* gp = grad.data_ptr<T>();
   T* dxp = dx.defined() ? dx.data_ptr<T>() : nullptr;
-  const bool fine_path = uses_fine_kernel(g), patch_path = uses_patch_kernel(g);
+  const bool fine_path = uses_fine_filter(g), patch_path = uses_patch_filter(g);
   const uint8_t* ip = fine_path ? indices.data_ptr<uint8_t>() : nullptr;
   const auto opts = x.options();
   const T blend = static_cast<T>(g.blend);
@@ -298,7 +294,7 @@ void backward_tiles(const SubkernelGeometry& g, const SubkernelKernels& k, const
             }
           }
         }
-        if (want_kernel_grads) {
+        if (want_filter_grads) {
           im2col_fine<T>(g, xp, t, cols.data_ptr<T>());
           fine_grad[thread].addmm_(dfine_view, scratch(cols, fine_k, fine_cols).t());
         }
@@ -333,19 +329,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_ba
   const bool want_x = output_mask[0], want_weight = output_mask[1], want_logits = output_mask[2];
 
   const auto acc = accumulate_type(x);
-  const SubkernelKernels k = make_subkernel_kernels(g, weight, logits, acc, /*image_kernels=*/want_x);
+  const SubkernelFilters k = make_subkernel_filters(g, weight, logits, acc, /*image_filters=*/want_x);
   const at::Tensor xa = x.to(acc).contiguous();
   const at::Tensor ga = grad.to(acc).contiguous();
   const at::Tensor ia = indices.contiguous();
-  const bool want_kernel_grads = want_weight || want_logits;
+  const bool want_filter_grads = want_weight || want_logits;
   const int64_t threads = at::get_num_threads();
   at::Tensor dx = want_x ? at::zeros(xa.sizes(), xa.options()) : at::Tensor();
   at::Tensor fine_grad, patch_grad;
   const int64_t fine_k = g.channels * g.sub * g.sub;
-  if (want_kernel_grads && uses_fine_kernel(g)) fine_grad = at::zeros({threads, g.dim, fine_k}, xa.options());
-  if (want_kernel_grads && uses_patch_kernel(g)) patch_grad = patch_kernel_grad(g, xa, ga);
+  if (want_filter_grads && uses_fine_filter(g)) fine_grad = at::zeros({threads, g.dim, fine_k}, xa.options());
+  if (want_filter_grads && uses_patch_filter(g)) patch_grad = patch_filter_grad(g, xa, ga);
   AT_DISPATCH_FLOATING_TYPES(acc, "subkernel_tokenize_cpu_backward", [&] {
-    backward_tiles<scalar_t>(g, k, xa, ga, ia, want_kernel_grads, dx, fine_grad);
+    backward_tiles<scalar_t>(g, k, xa, ga, ia, want_filter_grads, dx, fine_grad);
   });
   // fine_grad holds one partial sum per thread.
   return subkernel_grads_from_kernels(g, k, grad, x, weight, logits, dx,

@@ -1,4 +1,4 @@
-// CUDA kernels of domain_attention (SPEC §2), mirroring csrc/cpu/domain_attention.cpp.
+// CUDA kernels of domain_attention (docs/ops.md), mirroring csrc/cpu/domain_attention.cpp.
 //
 // Forward: the mixed attention matrix P [N, N] = sum_c softmax(r)_c softmax(A_c) is gathered
 // from the maps by one kernel (one block per row of P), then out = P @ v for the whole batch is
@@ -127,10 +127,6 @@ __global__ void gather_diagonals_kernel(const T* __restrict__ dA, T* __restrict_
     }
     dmaps[blockIdx.x * side + x] = sum;
   }
-}
-
-at::ScalarType accumulate_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 void check_cuda(const char* op, const at::Tensor& v) {

@@ -1,8 +1,8 @@
-// CUDA kernels of subkernel_tokenize (SPEC §1), mirroring csrc/cpu/subkernel_tokenize.cpp.
+// CUDA kernels of subkernel_tokenize (docs/ops.md), mirroring csrc/cpu/subkernel_tokenize.cpp.
 //
 // Everything before the pool is linear in x, so the T sub-kernel convolutions are one u x u,
-// stride-u convolution with the combined kernel K_eff = sum_t softmax(w)_t k_t, built once per
-// call on the device by the shared kernel algebra (csrc/subkernel_kernels.cpp). The convolutions
+// stride-u convolution with the combined filter K_eff = sum_t softmax(w)_t k_t, built once per
+// call on the device by the shared filter algebra (csrc/subkernel_filters.cpp). The convolutions
 // run as tiled shared-memory GEMMs that read the image straight from global memory (implicit
 // im2col: no column buffer exists), with the address of every token, pixel and kernel entry
 // worked out (its divisions done) once per block or stage, not per staged element, and the next
@@ -233,10 +233,10 @@ struct Entry {
 // Forward GEMM operands: A = kernel [dim, depth] (rows = channels), B = the columns of window
 // position `window_offset` (columns = tokens, located by `token_offsets`, -1 past the last).
 template <typename scalar_t, typename acc_t>
-struct KernelTimesColumns {
+struct FilterTimesColumns {
   using ReductionIndex = Entry;
   static constexpr bool kAAlongK = true, kBAlongK = true;  // kernel rows and patch rows are contiguous in k
-  const acc_t* kernel;
+  const acc_t* filter;
   const scalar_t* x;
   Columns columns;
   int64_t dim, row0, window_offset;
@@ -244,7 +244,7 @@ struct KernelTimesColumns {
 
   __device__ Entry reduction(int64_t k) const { return {k, columns.entry_offset(k)}; }
   __device__ acc_t a(int r, const Entry& e) const {
-    return row0 + r < dim ? kernel[(row0 + r) * columns.depth() + e.k] : acc_t(0);
+    return row0 + r < dim ? filter[(row0 + r) * columns.depth() + e.k] : acc_t(0);
   }
   __device__ acc_t b(const Entry& e, int c) const {
     return token_offsets[c] >= 0 ? static_cast<acc_t>(x[token_offsets[c] + window_offset + e.offset]) : acc_t(0);
@@ -257,7 +257,7 @@ struct KernelTimesColumns {
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     tokenize_forward_kernel(const scalar_t* __restrict__ x, Columns fine, Columns patch,
-                            const acc_t* __restrict__ fine_kernel, const acc_t* __restrict__ patch_kernel,
+                            const acc_t* __restrict__ fine_filter, const acc_t* __restrict__ patch_filter,
                             const scalar_t* __restrict__ bias, acc_t blend, int64_t dim, int64_t num_tokens,
                             scalar_t* __restrict__ out, uint8_t* __restrict__ indices) {
   __shared__ GemmStage<acc_t, Entry> stage;
@@ -274,9 +274,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
   uint32_t arg[kMicro] = {};  // the argmax window of best[i][j] in byte j of arg[i] (one register per row)
   static_assert(kMicro <= 4, "arg packs a row of window indices into 32 bits");
 
-  if (fine_kernel != nullptr) {
+  if (fine_filter != nullptr) {
     for (int64_t w = 0; w < fine.windows(); ++w) {
-      const KernelTimesColumns<scalar_t, acc_t> ops{fine_kernel, x, fine, dim, row0, fine.window_offset(w), token_offsets};
+      const FilterTimesColumns<scalar_t, acc_t> ops{fine_filter, x, fine, dim, row0, fine.window_offset(w), token_offsets};
       zero(acc);
       block_gemm(ops, 0, fine.depth(), stage, acc);
       for_each_in_micro_tile([&](int i, int j, int, int) {
@@ -289,8 +289,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
       });
     }
   }
-  if (patch_kernel != nullptr) {
-    const KernelTimesColumns<scalar_t, acc_t> ops{patch_kernel, x, patch, dim, row0, 0, token_offsets};
+  if (patch_filter != nullptr) {
+    const FilterTimesColumns<scalar_t, acc_t> ops{patch_filter, x, patch, dim, row0, 0, token_offsets};
     zero(acc);
     block_gemm(ops, 0, patch.depth(), stage, acc);
   }
@@ -301,11 +301,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     if (d >= dim || token_indices[c] < 0) return;
     const int64_t index = token_indices[c] + d * per_image;
     acc_t value = bias != nullptr ? static_cast<acc_t>(bias[d]) : acc_t(0);
-    if (fine_kernel != nullptr) {
+    if (fine_filter != nullptr) {
       value += blend * best[i][j];
       indices[index] = static_cast<uint8_t>(arg[i] >> (8 * j));
     }
-    if (patch_kernel != nullptr) value += acc[i][j];
+    if (patch_filter != nullptr) value += acc[i][j];
     out[index] = static_cast<scalar_t>(value);
   });
 }
@@ -334,7 +334,7 @@ struct GradTimesColumns {
 // (columns) x one split of the pixels; the splits are added up by the caller.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
-    kernel_grad_kernel(const scalar_t* __restrict__ x, PixelGrad<scalar_t, acc_t> pixel_grad, int64_t num_pixels,
+    filter_grad_kernel(const scalar_t* __restrict__ x, PixelGrad<scalar_t, acc_t> pixel_grad, int64_t num_pixels,
                        int64_t chunk, acc_t* __restrict__ partial) {
   __shared__ GemmStage<acc_t, Pixel> stage;
   __shared__ int64_t entry_offsets[kTile];
@@ -360,11 +360,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
 // Input-gradient GEMM operands: A = the pixel gradient [pixels, dim] (rows = the pixels of
 // `pixels`, grad_index -1 past the last; the reduction over channels), B = kernel [dim, depth].
 template <typename scalar_t, typename acc_t>
-struct GradTimesKernel {
+struct GradTimesFilter {
   using ReductionIndex = int64_t;
   static constexpr bool kAAlongK = false, kBAlongK = false;  // consecutive pixels / kernel entries lie together
   PixelGrad<scalar_t, acc_t> pixel_grad;
-  const acc_t* kernel;
+  const acc_t* filter;
   int64_t col0;
   const Pixel* pixels;
 
@@ -374,7 +374,7 @@ struct GradTimesKernel {
   }
   __device__ acc_t b(int64_t d, int c) const {
     const int64_t depth = pixel_grad.columns.depth();
-    return col0 + c < depth ? kernel[d * depth + col0 + c] : acc_t(0);
+    return col0 + c < depth ? filter[d * depth + col0 + c] : acc_t(0);
   }
 };
 
@@ -383,7 +383,7 @@ struct GradTimesKernel {
 // (rows) x kTile kernel entries (columns).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
-    input_grad_kernel(PixelGrad<scalar_t, acc_t> pixel_grad, const acc_t* __restrict__ kernel, int64_t num_pixels,
+    input_grad_kernel(PixelGrad<scalar_t, acc_t> pixel_grad, const acc_t* __restrict__ filter, int64_t num_pixels,
                       acc_t* __restrict__ dx) {
   __shared__ GemmStage<acc_t, int64_t> stage;
   __shared__ Pixel pixels[kTile];
@@ -400,7 +400,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
   __syncthreads();
   acc_t acc[kMicro][kMicro];
   zero(acc);
-  block_gemm(GradTimesKernel<scalar_t, acc_t>{pixel_grad, kernel, col0, pixels}, 0, pixel_grad.dim, stage, acc);
+  block_gemm(GradTimesFilter<scalar_t, acc_t>{pixel_grad, filter, col0, pixels}, 0, pixel_grad.dim, stage, acc);
 
   for_each_in_micro_tile([&](int i, int j, int r, int c) {
     if (pixels[r].grad_index >= 0 && entry_offsets[c] >= 0) dx[pixels[r].image_offset + entry_offsets[c]] += acc[i][j];
@@ -409,10 +409,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
 
 // ---------------------------------------------------------------------------------------------
 // Host side.
-
-at::ScalarType accumulate_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 template <typename acc_t>
 const acc_t* data_or_null(const at::Tensor& t) {
@@ -433,7 +429,7 @@ std::tuple<at::Tensor, at::Tensor> subkernel_tokenize_cuda(const at::Tensor& x, 
   if (out.numel() == 0) return {out, indices};
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const SubkernelKernels k = make_subkernel_kernels(g, weight, logits, accumulate_type(x));
+  const SubkernelFilters k = make_subkernel_filters(g, weight, logits, accumulate_type(x));
   const at::Tensor xc = x.contiguous();
   const at::Tensor bc = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   const int64_t num_tokens = g.batch * g.grid_h * g.grid_w;
@@ -451,7 +447,7 @@ std::tuple<at::Tensor, at::Tensor> subkernel_tokenize_cuda(const at::Tensor& x, 
 
 // dL/d(kernel multiplying the columns) [D, depth], summed over every pixel.
 template <typename scalar_t, typename acc_t>
-at::Tensor kernel_grad(const at::Tensor& x, const PixelGrad<scalar_t, acc_t>& pixel_grad, cudaStream_t stream) {
+at::Tensor filter_grad(const at::Tensor& x, const PixelGrad<scalar_t, acc_t>& pixel_grad, cudaStream_t stream) {
   const int64_t dim = pixel_grad.dim, depth = pixel_grad.columns.depth();
   const int64_t num_pixels = pixel_grad.num_tokens * pixel_grad.columns.windows();
   const int64_t output_blocks = ceil_div(depth, kTile) * ceil_div(dim, kTile);
@@ -464,19 +460,19 @@ at::Tensor kernel_grad(const at::Tensor& x, const PixelGrad<scalar_t, acc_t>& pi
   const int64_t splits = ceil_div(num_pixels, chunk);
   at::Tensor partial = at::empty({splits, dim, depth}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
   const dim3 grid = launch_grid("subkernel_tokenize backward", ceil_div(depth, kTile), ceil_div(dim, kTile), splits);
-  kernel_grad_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(x.data_ptr<scalar_t>(), pixel_grad, num_pixels,
+  filter_grad_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(x.data_ptr<scalar_t>(), pixel_grad, num_pixels,
                                                                      chunk, partial.data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return partial.sum(0);
 }
 
 template <typename scalar_t, typename acc_t>
-void input_grad(const PixelGrad<scalar_t, acc_t>& pixel_grad, const at::Tensor& kernel, at::Tensor& dx,
+void input_grad(const PixelGrad<scalar_t, acc_t>& pixel_grad, const at::Tensor& filter, at::Tensor& dx,
                 cudaStream_t stream) {
   const int64_t num_pixels = pixel_grad.num_tokens * pixel_grad.columns.windows();
   const dim3 grid = launch_grid("subkernel_tokenize backward", ceil_div(num_pixels, kTile),
                                 ceil_div(pixel_grad.columns.depth(), kTile));
-  input_grad_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(pixel_grad, kernel.data_ptr<acc_t>(), num_pixels,
+  input_grad_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(pixel_grad, filter.data_ptr<acc_t>(), num_pixels,
                                                                     dx.data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -493,27 +489,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subkernel_tokenize_ba
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto acc = accumulate_type(x);
-  const SubkernelKernels k = make_subkernel_kernels(g, weight, logits, acc, /*image_kernels=*/want_x);
+  const SubkernelFilters k = make_subkernel_filters(g, weight, logits, acc, /*image_filters=*/want_x);
   const at::Tensor xc = x.contiguous();
   const at::Tensor gc = grad.to(x.scalar_type()).contiguous();
-  const at::Tensor ic = uses_fine_kernel(g) ? indices.contiguous() : at::Tensor();
-  const bool want_kernel_grads = want_weight || want_logits;
+  const at::Tensor ic = uses_fine_filter(g) ? indices.contiguous() : at::Tensor();
+  const bool want_filter_grads = want_weight || want_logits;
   const int64_t num_tokens = g.batch * g.grid_h * g.grid_w;
   at::Tensor dx = want_x ? at::zeros(x.sizes(), x.options().dtype(acc)) : at::Tensor();
   at::Tensor fine_grad, patch_grad;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "subkernel_tokenize_cuda_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = gc.data_ptr<scalar_t>();
-    if (uses_fine_kernel(g)) {
+    if (uses_fine_filter(g)) {
       // blend * grad, routed to the argmax of each pooling window.
       const PixelGrad<scalar_t, acc_t> pixel_grad{gp, ic.data_ptr<uint8_t>(), static_cast<acc_t>(g.blend),
                                                   fine_columns(g), g.dim, num_tokens};
-      if (want_kernel_grads) fine_grad = kernel_grad(xc, pixel_grad, stream);
+      if (want_filter_grads) fine_grad = filter_grad(xc, pixel_grad, stream);
       if (want_x) input_grad(pixel_grad, k.fine, dx, stream);
     }
-    if (uses_patch_kernel(g)) {
+    if (uses_patch_filter(g)) {
       const PixelGrad<scalar_t, acc_t> pixel_grad{gp, nullptr, acc_t(1), patch_columns(g), g.dim, num_tokens};
-      if (want_kernel_grads) patch_grad = kernel_grad(xc, pixel_grad, stream);
+      if (want_filter_grads) patch_grad = filter_grad(xc, pixel_grad, stream);
       if (want_x) input_grad(pixel_grad, k.patch, dx, stream);
     }
   });

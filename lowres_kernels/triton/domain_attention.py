@@ -1,4 +1,4 @@
-"""domain_attention in Triton (SPEC §2).
+"""domain_attention in Triton (docs/ops.md).
 
 Forward: each program builds whole rows of the mixed attention P [N, N] = sum_c pi_c softmax(A_c)
 (pi = softmax(mix_logits)) by gathering each map's crop (A_c is Toeplitz), then a batched
@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .._validation import check_backward_grad, check_domain_attention
-from ..ops.domain_attention import register_implementation
+from .._registration import register_domain_attention
 from ._common import (
     MATMUL_AUTOTUNE,
     NOMINAL_TILE,
@@ -280,7 +280,7 @@ def _backward(grad, v, maps, mix_logits, h: int, num_prefix: int, output_mask):
 
 
 @torch.library.custom_op("lowres_triton::domain_attention", mutates_args=())
-def domain_attention_op(
+def domain_attention(
     v: torch.Tensor, maps: torch.Tensor, mix_logits: torch.Tensor, num_prefix_tokens: int
 ) -> torch.Tensor:
     h = check_domain_attention(v, maps, mix_logits, num_prefix_tokens)
@@ -288,7 +288,7 @@ def domain_attention_op(
 
 
 @torch.library.custom_op("lowres_triton::_domain_attention_backward", mutates_args=())
-def domain_attention_backward(
+def _domain_attention_backward(
     grad: torch.Tensor,
     v: torch.Tensor,
     maps: torch.Tensor,
@@ -302,11 +302,4 @@ def domain_attention_backward(
     return _backward(grad, v, maps, mix_logits, h, num_prefix_tokens, list(output_mask))
 
 
-register_implementation(domain_attention_op, domain_attention_backward)
-
-
-def domain_attention(
-    v: torch.Tensor, maps: torch.Tensor, mix_logits: torch.Tensor, *, num_prefix_tokens: int
-) -> torch.Tensor:
-    """The Triton implementation behind lowres_kernels.domain_attention(..., backend="triton")."""
-    return domain_attention_op(v, maps, mix_logits, num_prefix_tokens)
+register_domain_attention(domain_attention, _domain_attention_backward)

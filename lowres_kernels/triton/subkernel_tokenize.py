@@ -1,15 +1,15 @@
-"""subkernel_tokenize in Triton (SPEC §1).
+"""subkernel_tokenize in Triton (docs/ops.md).
 
-The T sub-kernel convolutions are one u x u, stride-u convolution with the combined kernel
+The T sub-kernel convolutions are one u x u, stride-u convolution with the combined filter
 K_eff = sum_t softmax(logits)_t k_t (the ops are linear), formed with torch ops on the tiny
 [D, C, q, q] weight. The main kernel is a tiled GEMM (tokens x output channels) with implicit
 im2col: it loads image pixels at computed offsets, runs the r x r fine positions of each
 token's pooling window one after another and keeps their running max and argmax, so only the
 pooled tokens (and the argmax, for the backward) reach memory. With pool="avg" the op is one
-q x q, stride-q convolution with a folded kernel, the same GEMM without the window loop.
+q x q, stride-q convolution with a folded filter, the same GEMM without the window loop.
 
-Backward: dx is a GEMM of the routed gradient with the kernels, written straight to the
-pixels (patches do not overlap, so each pixel is written once); dK_eff and the patch-kernel
+Backward: dx is a GEMM of the routed gradient with the filters, written straight to the
+pixels (patches do not overlap, so each pixel is written once); dK_eff and the patch-filter
 gradient are GEMMs of the routed gradient against implicit-im2col patches, the token
 reduction split across programs; dlogits follows from dK_eff by the softmax Jacobian.
 """
@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .._validation import SubkernelGeometry, check_backward_grad, check_subkernel_tokenize
-from ..ops.subkernel_tokenize import register_implementation
+from .._registration import register_subkernel_tokenize
 from ._common import (
     MATMUL_AUTOTUNE,
     NOMINAL_TILE,
@@ -66,7 +66,7 @@ def _tokenize_forward_kernel(
 ):  # fmt: skip
     """tokens[b, d, I, J] = blend * max over the window of (x * K_eff) + (x * K_patch) + bias.
 
-    fine_ptr: K_eff [D, C*SUB*SUB]; patch_ptr: the q x q kernel [D, C*q*q] (the folded kernel
+    fine_ptr: K_eff [D, C*SUB*SUB]; patch_ptr: the q x q filter [D, C*q*q] (the folded filter
     for avg pooling, (1 - blend) K for max pooling with blend != 1). Rows of the GEMM are tokens,
     columns output channels.
     """
@@ -90,12 +90,12 @@ def _tokenize_forward_kernel(
                 k_ok = ks < fine_k
                 offsets = pixel[:, None] + window + _patch_offsets(ks, H, W, SUB)[None, :]
                 a = tl.load(x_ptr + offsets, mask=token_ok[:, None] & k_ok[None, :], other=0.0)
-                kernel = tl.load(
+                filter_tile = tl.load(
                     fine_ptr + channels[None, :] * fine_k + ks[:, None],
                     mask=k_ok[:, None] & channel_ok[None, :],
                     other=0.0,
                 )
-                acc = mma(acc, a, kernel, FMA_DOT, WIDEN_DOT)
+                acc = mma(acc, a, filter_tile, FMA_DOT, WIDEN_DOT)
             # First maximum wins; a NaN wins and stays, as in max_pool2d.
             take = ((acc > best) | (acc != acc)) & (best == best)
             best = tl.where(take, acc, best)
@@ -109,12 +109,12 @@ def _tokenize_forward_kernel(
             k_ok = ks < patch_k
             offsets = pixel[:, None] + _patch_offsets(ks, H, W, PATCH)[None, :]
             a = tl.load(x_ptr + offsets, mask=token_ok[:, None] & k_ok[None, :], other=0.0)
-            kernel = tl.load(
+            filter_tile = tl.load(
                 patch_ptr + channels[None, :] * patch_k + ks[:, None],
                 mask=k_ok[:, None] & channel_ok[None, :],
                 other=0.0,
             )
-            acc = mma(acc, a, kernel, FMA_DOT, WIDEN_DOT)
+            acc = mma(acc, a, filter_tile, FMA_DOT, WIDEN_DOT)
         result += acc
     if HAS_BIAS:
         result += tl.load(bias_ptr + channels, mask=channel_ok, other=0.0).to(ACC_DTYPE)[None, :]
@@ -166,22 +166,22 @@ def _tokenize_input_grad_kernel(
             grad_offsets = grad_rows[:, None] + ds[None, :] * per_image
             grad_mask = token_ok[:, None] & d_ok[None, :]
             grad = tl.load(grad_ptr + grad_offsets, mask=grad_mask, other=0.0)
-            kernel_mask = d_ok[:, None] & k_ok[None, :]
+            filter_mask = d_ok[:, None] & k_ok[None, :]
             if HAS_FINE:
                 routed = tl.load(indices_ptr + grad_offsets, mask=grad_mask, other=0).to(tl.int32)
-                kernel = tl.load(fine_ptr + ds[:, None] * fine_k + ks[None, :], mask=kernel_mask, other=0.0)
-                acc = mma(acc, tl.where(routed == w, grad, tl.zeros_like(grad)), kernel, FMA_DOT, WIDEN_DOT)
+                filter_tile = tl.load(fine_ptr + ds[:, None] * fine_k + ks[None, :], mask=filter_mask, other=0.0)
+                acc = mma(acc, tl.where(routed == w, grad, tl.zeros_like(grad)), filter_tile, FMA_DOT, WIDEN_DOT)
             if HAS_PATCH:
                 in_patch = c * PATCH * PATCH + (di * SUB + i) * PATCH + dj * SUB + j
-                kernel = tl.load(patch_ptr + ds[:, None] * patch_k + in_patch[None, :], mask=kernel_mask, other=0.0)
-                acc = mma(acc, grad, kernel, FMA_DOT, WIDEN_DOT)
+                filter_tile = tl.load(patch_ptr + ds[:, None] * patch_k + in_patch[None, :], mask=filter_mask, other=0.0)
+                acc = mma(acc, grad, filter_tile, FMA_DOT, WIDEN_DOT)
         offsets = pixel[:, None] + di * SUB * W + dj * SUB + _patch_offsets(ks, H, W, SUB)[None, :]
         tl.store(dx_ptr + offsets, acc.to(dx_ptr.dtype.element_ty), mask=token_ok[:, None] & k_ok[None, :])
 
 
 @triton.autotune(key=["num_tokens", "D", "C", "SIZE", "RATIO", "ROUTED"], **MATMUL_AUTOTUNE)
 @triton.jit
-def _tokenize_kernel_grad_kernel(
+def _tokenize_filter_grad_kernel(
     grad_ptr, indices_ptr, x_ptr, partial_ptr,
     num_tokens, C, H, W, D, grid_h, grid_w,
     SIZE: tl.constexpr, RATIO: tl.constexpr, ROUTED: tl.constexpr,
@@ -191,7 +191,7 @@ def _tokenize_kernel_grad_kernel(
     """partial[s, d, k] = sum over the tokens of slice s and window positions w of
     grad_w[token, d] * patch_w[token, k], with SIZE x SIZE patches (k = (c, i, j)) at the RATIO x
     RATIO positions of each token. ROUTED: grad_w is the gradient where the argmax is w, else 0
-    (the fine kernel's gradient); otherwise RATIO = 1 and SIZE = q (the patch kernel's gradient).
+    (the fine filter's gradient); otherwise RATIO = 1 and SIZE = q (the patch filter's gradient).
     """
     PATCH: tl.constexpr = SIZE * RATIO
     channels = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -230,7 +230,7 @@ def _tokenize_kernel_grad_kernel(
 
 
 # ----------------------------------------------------------------------------------------------
-# Host side: the kernels on the [D, C, q, q] weight (tiny torch ops) and the launches.
+# Host side: the filters from the [D, C, q, q] weight (tiny torch ops) and the launches.
 
 
 def _subkernel_windows(weight: torch.Tensor, g: SubkernelGeometry) -> torch.Tensor:
@@ -258,8 +258,8 @@ def _subkernel_windows_adjoint(keff_grad: torch.Tensor, alpha: torch.Tensor, g: 
 
 
 @dataclass
-class _Kernels:
-    """The kernels one call multiplies with, in the accumulation dtype.
+class _Filters:
+    """The filters one call multiplies with, in the accumulation dtype.
 
     fine  [D, C*u*u]: K_eff, with max pooling and blend != 0.
     patch [D, C*q*q]: (1 - blend) K with max pooling and blend != 1; with avg pooling the whole op
@@ -273,9 +273,9 @@ class _Kernels:
     patch: Optional[torch.Tensor]
 
 
-def _make_kernels(
+def _make_filters(
     weight: torch.Tensor, logits: torch.Tensor, g: SubkernelGeometry, pool: str, blend: float
-) -> _Kernels:
+) -> _Filters:
     acc = accumulate_dtype(weight.dtype)
     weight = weight.to(acc)
     alpha = torch.softmax(logits.to(acc), dim=0)
@@ -287,13 +287,13 @@ def _make_kernels(
         keff = torch.einsum("dcabij,ab->dcij", windows, alpha.view(g.per_side, g.per_side)).reshape(D, C * u * u)
     if pool == "max":
         patch = plain * (1.0 - blend) if blend != 1.0 else None
-        return _Kernels(weight, alpha, windows, keff, patch)
+        return _Filters(weight, alpha, windows, keff, patch)
     # avg_pool(conv_u(x, K_eff)) = conv_q(x, K_eff tiled r x r / r^2).
     if keff is None:
         folded = torch.zeros_like(plain)
     else:
         folded = keff.view(D, C, 1, u, 1, u).expand(D, C, r, u, r, u).reshape(D, -1) * (blend / (r * r))
-    return _Kernels(weight, alpha, windows, None, folded + plain * (1.0 - blend) if blend != 1.0 else folded)
+    return _Filters(weight, alpha, windows, None, folded + plain * (1.0 - blend) if blend != 1.0 else folded)
 
 
 def _forward(x, weight, logits, bias, g: SubkernelGeometry, pool: str, blend: float):
@@ -303,10 +303,10 @@ def _forward(x, weight, logits, bias, g: SubkernelGeometry, pool: str, blend: fl
     indices = x.new_zeros(out.shape if pool == "max" else (0,), dtype=torch.uint8)
     if out.numel() == 0:
         return out, indices
-    kernels = _make_kernels(weight, logits, g, pool, blend)
+    filters = _make_filters(weight, logits, g, pool, blend)
     x = x.contiguous()
-    fine = kernels.fine.to(x.dtype).contiguous() if kernels.fine is not None else None
-    patch = kernels.patch.to(x.dtype).contiguous() if kernels.patch is not None else None
+    fine = filters.fine.to(x.dtype).contiguous() if filters.fine is not None else None
+    patch = filters.patch.to(x.dtype).contiguous() if filters.patch is not None else None
     bias = bias.contiguous() if bias is not None else None
     blend_value = torch.full((1,), blend, dtype=accumulate_dtype(x.dtype), device=x.device)
     num_tokens = B * g.grid_h * g.grid_w
@@ -326,7 +326,7 @@ def _forward(x, weight, logits, bias, g: SubkernelGeometry, pool: str, blend: fl
     return out, indices
 
 
-def _kernel_gradient(grad, indices, x, D: int, size: int, ratio: int) -> torch.Tensor:
+def _filter_gradient(grad, indices, x, D: int, size: int, ratio: int) -> torch.Tensor:
     """The gradient of a [D, C*size*size] kernel: sum over tokens of grad x implicit-im2col patches,
     the gradient routed to each window's argmax when `indices` are given."""
     B, C, H, W = x.shape
@@ -339,7 +339,7 @@ def _kernel_gradient(grad, indices, x, D: int, size: int, ratio: int) -> torch.T
     def grid(meta):
         return triton.cdiv(D, meta["BLOCK_N"]), triton.cdiv(kdim, meta["BLOCK_K"]), splits
 
-    _tokenize_kernel_grad_kernel[grid](
+    _tokenize_filter_grad_kernel[grid](
         grad, grad if indices is None else indices, x, partial,
         num_tokens, C, H, W, D, grad.shape[2], grad.shape[3],
         SIZE=size, RATIO=ratio, ROUTED=indices is not None, **dot_flags(x.dtype),
@@ -358,16 +358,16 @@ def _backward(grad, x, weight, logits, indices, g: SubkernelGeometry, pool: str,
         grad_logits = torch.zeros_like(logits) if want_logits else grad_logits
         return grad_x, grad_weight, grad_logits, grad_bias
 
-    kernels = _make_kernels(weight, logits, g, pool, blend)
+    filters = _make_filters(weight, logits, g, pool, blend)
     B, C, H, W = x.shape
     D, q, u, r = weight.shape[0], g.patch, g.sub, g.ratio
     x, grad = x.contiguous(), grad.contiguous()
-    routing = indices.contiguous() if kernels.fine is not None else None
+    routing = indices.contiguous() if filters.fine is not None else None
     with device_guard(x):
         if want_x:
             grad_x = torch.empty_like(x)
-            fine = (kernels.fine * blend).to(x.dtype).contiguous() if kernels.fine is not None else None
-            patch = kernels.patch.to(x.dtype).contiguous() if kernels.patch is not None else None
+            fine = (filters.fine * blend).to(x.dtype).contiguous() if filters.fine is not None else None
+            patch = filters.patch.to(x.dtype).contiguous() if filters.patch is not None else None
             num_tokens = B * g.grid_h * g.grid_w
 
             def grid(meta):
@@ -381,11 +381,11 @@ def _backward(grad, x, weight, logits, indices, g: SubkernelGeometry, pool: str,
             )  # fmt: skip
         if not (want_weight or want_logits):
             return grad_x, grad_weight, grad_logits, grad_bias
-        fine_grad = _kernel_gradient(grad, routing, x, D, u, r) * blend if routing is not None else None
-        patch_grad = _kernel_gradient(grad, None, x, D, q, 1) if kernels.patch is not None else None
+        fine_grad = _filter_gradient(grad, routing, x, D, u, r) * blend if routing is not None else None
+        patch_grad = _filter_gradient(grad, None, x, D, q, 1) if filters.patch is not None else None
 
-    # dL/dK_eff, and the part of dL/dK that bypasses the sub-kernels.
-    weight_grad = torch.zeros_like(kernels.weight)
+    # dL/dK_eff, and the part of dL/dK that bypasses the sub-filters.
+    weight_grad = torch.zeros_like(filters.weight)
     if pool == "max":
         keff_grad = fine_grad
         if patch_grad is not None:
@@ -396,11 +396,11 @@ def _backward(grad, x, weight, logits, indices, g: SubkernelGeometry, pool: str,
             keff_grad = patch_grad.view(D, C, r, u, r, u).sum((2, 4)).reshape(D, -1) * (blend / (r * r))
         if blend != 1.0:
             weight_grad += patch_grad.view_as(weight_grad) * (1.0 - blend)
-    alpha = kernels.alpha
+    alpha = filters.alpha
     alpha_grad = torch.zeros_like(alpha)
     if keff_grad is not None:
         keff_grad = keff_grad.reshape(D, C, u, u)
-        alpha_grad = torch.einsum("dcabij,dcij->ab", kernels.windows, keff_grad).reshape(-1)  # <dK_eff, k_t>
+        alpha_grad = torch.einsum("dcabij,dcij->ab", filters.windows, keff_grad).reshape(-1)  # <dK_eff, k_t>
         if want_weight:
             weight_grad += _subkernel_windows_adjoint(keff_grad, alpha, g)
     if want_weight:
@@ -432,7 +432,7 @@ def subkernel_tokenize_with_indices(
 
 
 @torch.library.custom_op("lowres_triton::_subkernel_tokenize_backward", mutates_args=())
-def subkernel_tokenize_backward(
+def _subkernel_tokenize_backward(
     grad: torch.Tensor,
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -450,20 +450,4 @@ def subkernel_tokenize_backward(
     return _backward(grad, x, weight, logits, indices, g, pool, blend, list(output_mask))
 
 
-register_implementation(subkernel_tokenize_with_indices, subkernel_tokenize_backward)
-
-
-def subkernel_tokenize(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    logits: torch.Tensor,
-    bias: Optional[torch.Tensor] = None,
-    *,
-    sub: int,
-    step: int,
-    pool: str,
-    blend: float,
-) -> torch.Tensor:
-    """The Triton implementation behind lowres_kernels.subkernel_tokenize(..., backend="triton")."""
-    tokens, _ = subkernel_tokenize_with_indices(x, weight, logits, bias, sub, step, pool, float(blend))
-    return tokens
+register_subkernel_tokenize(subkernel_tokenize_with_indices, _subkernel_tokenize_backward)
