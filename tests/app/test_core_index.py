@@ -201,3 +201,20 @@ def test_sharded_embedding_across_ranks_resumes_a_killed_rank(tmp_path, monkeypa
         assert results[rank].meta["complete"] and list(results[rank].captions) == captions
     with pytest.raises(ValueError, match=r"rank must lie in \[0, world_size\), got rank 2 of world_size 2"):
         build_caption_index(captions, tmp_path / "index", vlm_encoder=None, text_encoder=None, rank=2, **common)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--max-index-memory", "lots"], "max_index_memory must be a positive size like '4GB' or '512MB', got 'lots'"),
+    (["--image-temperature", "50"], "image_temperature applies to formula='paper' only"),
+])
+def test_zeroshot_reports_index_and_core_settings_in_one_line(tmp_path, capsys, flags, message):
+    from test_core import write_tiny_circuits
+
+    from lowres_vision.cli import main
+
+    write_tiny_circuits(tmp_path / "lite")
+    argv = ["zeroshot", "--task", "circuits", "--data-root", str(tmp_path / "lite"), "--tiny", "--out", str(tmp_path / "run"), *flags]
+    assert main(argv) == 2
+    stderr = capsys.readouterr().err  # progress bars, then the error
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("lowres-vision zeroshot: error: ") and message in stderr.strip().splitlines()[-1]

@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import InputError
+
 INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 # Below this many vectors an exact scan is fast enough (100k x 1152 float32 is ~0.5 GB).
 EXACT_MAX_VECTORS = 100_000
@@ -71,7 +73,7 @@ def parse_memory(value: str | int) -> int:
         return value
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?B?)\s*", str(value).upper())
     if match is None or float(match.group(1)) <= 0:
-        raise ValueError(f"max_index_memory must be a positive size like '4GB' or '512MB', got {value!r}")
+        raise InputError(f"max_index_memory must be a positive size like '4GB' or '512MB', got {value!r}")
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
@@ -112,7 +114,7 @@ def plan_index(num_vectors: int, dim: int, kind: str = "auto", max_index_memory:
     """The index for `kind` (see the module docstring). For "ivfpq", `opq=False` rules OPQ out and `opq=True`
     tries it at any code size; either way the build keeps it only where it measurably helps."""
     if kind not in INDEX_KINDS:
-        raise ValueError(f"index_kind must be one of {INDEX_KINDS}, got {kind!r}")
+        raise InputError(f"index_kind must be one of {INDEX_KINDS}, got {kind!r}")
     budget = parse_memory(max_index_memory)
     flat_bytes = num_vectors * dim * 4
     if kind == "flat" or (kind == "auto" and num_vectors <= EXACT_MAX_VECTORS and flat_bytes <= budget):
@@ -133,7 +135,7 @@ def plan_index(num_vectors: int, dim: int, kind: str = "auto", max_index_memory:
             # "np": no polysemous training (a code reordering for Hamming filtering we do not use, and slow).
             return IndexPlan("ivfpq", f"{prefix}{_ivf_factory(nlist)},PQ{m}x8np", num_vectors, dim, nlist, m, rotate, memory)
     smallest = num_vectors * (1 + ID_BYTES) + fixed
-    raise ValueError(
+    raise InputError(
         f"max_index_memory {max_index_memory!r} cannot hold {num_vectors} vectors of {dim} dimensions: "
         f"the smallest product-quantised index needs {smallest / 2**20:.1f} MB"
     )
@@ -214,7 +216,7 @@ class Tuning:
 def tune_search(index, vectors: np.ndarray, plan: IndexPlan, query_rows: np.ndarray, target: float = DEFAULT_RECALL_TARGET) -> Tuning:
     """The cheapest settings reaching 10-recall@10 >= `target` on the sorted corpus rows `query_rows` (see the module docstring)."""
     if not 0.0 < target <= 1.0:
-        raise ValueError(f"recall_target must lie in (0, 1], got {target}")
+        raise InputError(f"recall_target must lie in (0, 1], got {target}")
     queries = np.ascontiguousarray(vectors[query_rows], dtype=np.float32)
     if plan.kind == "flat":
         return Tuning(SearchSettings(), 1.0, target, len(query_rows))

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from .encoders import TextEncoder, encode_queries
 from .index import DUPLICATE_COSINE, TEXT_SPACE, VLM_SPACE, CaptionIndex, Retrieved
 from .prompts import fill_templates
@@ -113,9 +114,9 @@ class CoREConfig:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         for name in ("image_temperature", "text_temperature"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.formula == "release" and self.image_temperature is not None:
-            raise ValueError(
+            raise InputError(
                 "image_temperature applies to formula='paper' only: the release weighs the image branch's captions "
                 "by their raw cosine scores"
             )

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .ann import (
     DEFAULT_MAX_INDEX_MEMORY, DEFAULT_RECALL_TARGET, INDEX_KINDS, SearchSettings, build_index, parse_memory, plan_index, read_index,
     search_reranked, verify_search,
@@ -110,12 +111,12 @@ def build_caption_index(
         raise ValueError("build_caption_index: the caption corpus is empty")
     for name, value in (("batch_size", batch_size), ("shard_rows", shard_rows)):
         if value < 1:
-            raise ValueError(f"build_caption_index: {name} must be >= 1, got {value}")
+            raise InputError(f"build_caption_index: {name} must be >= 1, got {value}")
     if index_kind not in INDEX_KINDS:
-        raise ValueError(f"index_kind must be one of {INDEX_KINDS}, got {index_kind!r}")
+        raise InputError(f"index_kind must be one of {INDEX_KINDS}, got {index_kind!r}")
     parse_memory(max_index_memory)
     if not 0.0 < recall_target <= 1.0:
-        raise ValueError(f"recall_target must lie in (0, 1], got {recall_target}")
+        raise InputError(f"recall_target must lie in (0, 1], got {recall_target}")
     rank, world_size = rank_and_world(rank, world_size)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import InputError
+
 DEFAULT_SHARD_ROWS = 1_000_000
 POLL_SECONDS = 2.0
 
@@ -29,7 +31,7 @@ def rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank must lie in [0, world_size), got rank {rank} of world_size {world_size}")
+        raise InputError(f"rank must lie in [0, world_size), got rank {rank} of world_size {world_size}")
     return rank, world_size
 
 
