@@ -93,11 +93,12 @@ def test_overwrite_clears_the_old_run_before_the_new_one_writes(lite_root, refer
     (run / "plots").mkdir()
     (run / "plots" / "training_curves.png").write_bytes(b"old")
     (run / "notes.txt").write_text("not a run file")
+    (run / "backbone.safetensors").write_bytes(b"the user's own weights")
     old_id = json.loads((run / "config.json").read_text())["run_id"]
     # The new run dies at its first step: none of the old run's results may sit beside its files.
     with pytest.raises(Killed):
         train(_config(lite_root, run, overwrite=True, lr=0.1, epochs=1), on_step=_kill_at(1))
-    assert sorted(path.name for path in run.iterdir()) == ["config.json", "log.jsonl", "notes.txt"]
+    assert sorted(path.name for path in run.iterdir()) == ["backbone.safetensors", "config.json", "log.jsonl", "notes.txt"]
     new_id = json.loads((run / "config.json").read_text())["run_id"]
     assert new_id != old_id and [record["event"] for record in _log(run)] == ["run", "step"]
     assert _log(run)[0]["run_id"] == new_id
@@ -117,7 +118,9 @@ def test_files_of_two_runs_are_refused_together(lite_root, reference, tmp_path):
                                                 f"\\('{ids[0]}'\\) do not belong to run '{ids[1]}' of config.json"):
         plots.plot_run(mixed)
     assert not (mixed / "plots").exists()
+    shutil.copy(other / "trainable.safetensors", reference / "backbone.safetensors")  # not a file of the run
     plots.plot_run(reference, tmp_path / "figures")  # one run's files: drawn
+    (reference / "backbone.safetensors").unlink()
 
     _killed_run(lite_root, tmp_path / "killed")
     shutil.copy(other / "checkpoint.safetensors", tmp_path / "killed" / "checkpoint.safetensors")

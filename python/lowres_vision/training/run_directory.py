@@ -46,9 +46,10 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: Optiona
     write_atomic(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
 
 
-# The files a run writes (globs); `plots` is what `lowres-vision plot` adds.
-RUN_FILES = ("config.json", "log.jsonl", "checkpoint.json", "*.safetensors", "metrics-*.json", "predictions-*.npz",
-             ".*.tmp", "plots")
+# The files a run writes (globs; `plots` is what `lowres-vision plot` adds): what `overwrite` deletes,
+# so named one by one (a user's own weights beside a run are not the run's). A file a run adds joins here.
+RUN_FILES = ("config.json", "log.jsonl", "checkpoint.json", "checkpoint.safetensors", "trainable.safetensors",
+             "best.safetensors", "metrics-*.json", "predictions-*.npz", ".*.tmp", "plots")
 RUN_ID = "run_id"  # the one key of config.json that is not a TrainConfig setting
 
 
@@ -286,18 +287,18 @@ def check_run_files(run: Path) -> None:
 
     run_id, _ = read_run_config(run)
     found: dict[Path, Optional[str]] = {}
-    for path in run.glob("*.safetensors"):
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        found[path] = metadata.get(RUN_ID) or json.loads(metadata.get("state", "{}")).get(RUN_ID)
-    for path in [run / "checkpoint.json", *run.glob("metrics-*.json")]:
-        if path.is_file():
+    for path in run_files(run):
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            found[path] = metadata.get(RUN_ID) or json.loads(metadata.get("state", "{}")).get(RUN_ID)
+        elif path.suffix == ".json" and path.name != "config.json":
             found[path] = json.loads(path.read_text()).get(RUN_ID)
-    for path in run.glob("predictions-*.npz"):
-        with np.load(path, allow_pickle=False) as predictions:
-            found[path] = str(predictions[RUN_ID]) if RUN_ID in predictions else None
-    if (run / "log.jsonl").is_file():
-        found[run / "log.jsonl"] = next(iter(read_log(run / "log.jsonl")), {}).get(RUN_ID)
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as predictions:
+                found[path] = str(predictions[RUN_ID]) if RUN_ID in predictions else None
+        elif path.name == "log.jsonl":
+            found[path] = next(iter(read_log(path)), {}).get(RUN_ID)
     foreign = sorted(f"{path.name} ({other!r})" for path, other in found.items() if other != run_id)
     if foreign:
         raise RunDirectoryError(f"{run}: {', '.join(foreign)} do not belong to run {run_id!r} of config.json: "
