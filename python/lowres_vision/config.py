@@ -32,6 +32,8 @@ from .errors import InputError
 
 BASELINES = ("tokenization", "domain_attention", "adapter")  # the injections of lowres_vision.inject
 LINEAR_PROBES = ("logreg", "head")
+SELECT_MODES = ("best", "last")  # model selection (lowres_vision.training.selection)
+SELECT_CRITERIA = {False: ("top1",), True: ("loss", "R@1")}  # by is_retrieval(task); the first is the release's
 NONFINITE_POLICIES = ("stop", "skip")
 # The settings a resumed run may change: how long it trains, how often it logs, evaluates and
 # checkpoints, where it reads and runs, what it finally evaluates; not what a step computes.
@@ -92,6 +94,10 @@ class TrainConfig:
     eval_batch_size: int = 64
     eval_every: int = 1
     eval_split: str = "test"
+    # Which epoch's parameters give the metrics: "best" on the validation split (by select_by, default
+    # the release's: top1 for classification, loss for retrieval; "R@1" for retrieval too) or "last".
+    select: str = "best"
+    select_by: Optional[str] = None
     checkpoint_every: int = 0
     log_every: int = 1
     resume: bool = False
@@ -132,6 +138,7 @@ class TrainConfig:
             raise ConfigError(f"breaking_loss_weight must be finite, got {self.breaking_loss_weight}")
         if self.on_nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {self.on_nonfinite!r}")
+        _check_selection(self)
         if self.eval_split not in ("val", "test"):
             raise ConfigError(f"eval_split must be 'val' or 'test', got {self.eval_split!r}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.split(":")[0] == "cuda"):
@@ -163,6 +170,17 @@ class TrainConfig:
 
     def resolved_device(self) -> str:
         return check_device(self.device)
+
+
+def _check_selection(cfg: TrainConfig) -> None:
+    if cfg.select not in SELECT_MODES:
+        raise ConfigError(f"select must be one of {SELECT_MODES}, got {cfg.select!r}")
+    criteria = SELECT_CRITERIA[is_retrieval(cfg.task)]
+    if cfg.select_by is not None and cfg.select_by not in criteria:
+        raise ConfigError(f"select_by for task {cfg.task!r} must be one of {criteria}, got {cfg.select_by!r}")
+    if cfg.select == "best" and cfg.eval_every == 0 and cfg.linear_probe != "logreg":
+        raise ConfigError("select='best' picks an epoch by its validation metrics, and eval_every=0 never validates; "
+                          "set eval_every >= 1 or select='last'")
 
 
 def check_device(device: Optional[str]) -> str:

@@ -626,7 +626,7 @@ def test_cli_augments_historic_maps_for_training(lite_root, tmp_path):
     assert sorted(entry["source"] for entry in entries if entry["kind"] == "preserving") == sorted(map(str, maps))
 
     cfg = TrainConfig(task="historic-maps", data_root=str(lite_root), tiny=True, image_size=56, epochs=1, batch_size=2,
-                      out=str(tmp_path / "run"), eval_every=0, adapter={"kind": "lora", "rank": 2},
+                      out=str(tmp_path / "run"), eval_every=0, select="last", adapter={"kind": "lora", "rank": 2},
                       augment_manifest=str(tmp_path / "aug" / "manifest.jsonl"), replace_prob=1.0)
     preserving = {str(tmp_path / "aug" / entry["path"]) for entry in entries if entry["kind"] == "preserving"}
     dataset = train_dataset(cfg, lambda image: image)
@@ -654,7 +654,7 @@ def test_cli_genie_images_are_trained_on(lite_root, tmp_path):
     entries = read_manifest(tmp_path / "aug" / "manifest.jsonl")
     assert sorted(entry["label"] for entry in entries) == [0, 0, 1, 1, 2, 2]
     cfg = TrainConfig(task="circuits", data_root=str(lite_root), tiny=True, image_size=56, epochs=1, batch_size=6,
-                      out=str(tmp_path / "run"), eval_every=0, tokenization={"pool": "avg"},
+                      out=str(tmp_path / "run"), eval_every=0, select="last", tokenization={"pool": "avg"},
                       genie_manifest=str(tmp_path / "aug" / "manifest.jsonl"))
     train(cfg)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]

@@ -11,7 +11,7 @@ from lowres_vision import cli
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY = ["--tiny", "--image-size", "56", "--batch-size", "4", "--lr", "0.01", "--eval-every", "0"]
+TINY = ["--tiny", "--image-size", "56", "--batch-size", "4", "--lr", "0.01", "--eval-every", "0", "--select", "last"]
 
 
 def test_help_lists_the_commands(capsys):

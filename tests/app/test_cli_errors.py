@@ -16,7 +16,7 @@ from lowres_vision.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY = ["--tiny", "--image-size", "56", "--batch-size", "4", "--lr", "0.01", "--eval-every", "0", "--epochs", "1"]
+TINY = ["--tiny", "--image-size", "56", "--batch-size", "4", "--lr", "0.01", "--eval-every", "0", "--select", "last", "--epochs", "1"]
 
 
 def one_line_error(captured, command: str) -> str:

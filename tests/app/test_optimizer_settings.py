@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def _config(lite_root: Path, out: Path, **overrides) -> TrainConfig:
     settings = dict(task="circuits", data_root=str(lite_root), tiny=True, image_size=56, epochs=1, batch_size=4,
-                    lr=1e-2, out=str(out), eval_every=0, tokenization={"pool": "avg"}, seed=0)
+                    lr=1e-2, out=str(out), eval_every=0, select="last", tokenization={"pool": "avg"}, seed=0)
     return TrainConfig(**{**settings, **overrides})
 
 

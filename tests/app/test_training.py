@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 from pathlib import Path
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def _config(lite_root: Path, out: Path, **overrides) -> TrainConfig:
     settings = dict(task="circuits", data_root=str(lite_root), tiny=True, image_size=56, epochs=2, batch_size=4,
-                    lr=1e-2, out=str(out), eval_every=0, tokenization={"pool": "avg"}, seed=0)
+                    lr=1e-2, out=str(out), eval_every=0, select="last", tokenization={"pool": "avg"}, seed=0)
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -330,6 +331,109 @@ def test_logistic_regression_probe_run_predicts_as_sklearn_on_the_frozen_class_t
     assert logits.argmax(1).tolist() == reference.predict(test_features).tolist()
     assert metrics["top1"] == pytest.approx(100 * np.mean(reference.predict(test_features) == test_labels))
     assert evaluate(cfg) == metrics
+
+
+def _spoil_the_head_at(step: int, kill_at: int | None = None):
+    """A step hook: zeroes the classification head after optimizer step `step` (every class then scores 0,
+    so the last epoch validates no better than any other), and records the parameters after each step."""
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+
+    def hook(global_step: int, model: torch.nn.Module) -> None:
+        if global_step == step:
+            with torch.no_grad():
+                model.head.linear.weight.zero_()
+        seen[global_step] = {name: tensor.clone() for name, tensor in model.trainable_state_dict().items()}
+        if global_step == kill_at:
+            raise Killed
+    return hook, seen
+
+
+def test_best_epoch_on_validation_gives_the_test_metrics(lite_root, tmp_path):
+    cfg = _config(lite_root, tmp_path / "run", epochs=3, eval_every=1, select="best")
+    hook, seen = _spoil_the_head_at(9)  # 3 steps per epoch: the last epoch's last step
+    metrics = train(cfg, on_step=hook)
+    run = Path(cfg.out)
+    epochs = [record for record in _log(run) if record["event"] == "epoch"]
+    top1 = [record["val/top1"] for record in epochs]
+    best = top1.index(max(top1))  # the first of the best: a later epoch must be strictly better
+    assert best < 2 and top1[2] == pytest.approx(100 / 3)  # the spoiled head predicts one class
+    results = json.loads((run / "metrics-test.json").read_text())
+    assert results["metrics"] == metrics and (results["parameters"], results["global_step"]) == ("best.safetensors", 3 * (best + 1))
+    assert results["selection"] == {"epoch": best, "criterion": "val/top1", "value": top1[best]}
+    # best.safetensors holds the parameters at the end of the best epoch; trainable.safetensors the last ones.
+    selected, last = load_file(str(run / "best.safetensors")), load_file(str(run / "trainable.safetensors"))
+    assert all(torch.equal(selected[name], seen[3 * (best + 1)][name]) for name in seen[9])
+    assert all(torch.equal(last[name], seen[9][name]) for name in seen[9])
+    # The test metrics are the best epoch's: re-evaluating best.safetensors gives them, the last parameters do not.
+    assert evaluate(cfg) == pytest.approx(metrics)
+    assert evaluate(_config(lite_root, run, epochs=3, select="last"))["top1"] == pytest.approx(100 / 3) != metrics["top1"]
+
+
+def test_best_epoch_survives_a_resume(lite_root, tmp_path):
+    settings = dict(epochs=3, eval_every=1, select="best", checkpoint_every=1)
+    reference = _config(lite_root, tmp_path / "reference", **settings)
+    train(reference, on_step=_spoil_the_head_at(9)[0])
+    killed = _config(lite_root, tmp_path / "killed", **settings)
+    with pytest.raises(Killed):
+        train(killed, on_step=_spoil_the_head_at(9, kill_at=8)[0])  # after epochs 0 and 1 were validated
+    train(_config(lite_root, tmp_path / "killed", resume=True, **settings), on_step=_spoil_the_head_at(9)[0])
+    results = [json.loads((tmp_path / run / "metrics-test.json").read_text()) for run in ("reference", "killed")]
+    assert [{key: value for key, value in result.items() if key != "run_id"} for result in results] == [
+        {key: value for key, value in results[0].items() if key != "run_id"}] * 2
+    assert results[0]["selection"]["epoch"] < 2
+    expected, resumed = (load_file(str(tmp_path / run / "best.safetensors")) for run in ("reference", "killed"))
+    assert expected.keys() == resumed.keys() and all(torch.equal(expected[name], resumed[name]) for name in expected)
+
+
+def test_retrieval_selects_the_lowest_release_validation_loss(lite_root, tmp_path):
+    cfg = _config(lite_root, tmp_path / "maps", task="historic-maps", epochs=3, eval_every=1, select="best",
+                  tokenization=None, adapter={"kind": "lora", "rank": 2})
+    train(cfg)
+    losses = [record["val/loss"] for record in _log(Path(cfg.out)) if record["event"] == "epoch"]
+    selection = json.loads((Path(cfg.out) / "metrics-test.json").read_text())["selection"]
+    assert selection == {"epoch": losses.index(min(losses)), "criterion": "val/loss", "value": min(losses)}
+    train(_config(lite_root, tmp_path / "recall", task="historic-maps", epochs=3, eval_every=1, select="best",
+                  select_by="R@1", tokenization=None, adapter={"kind": "lora", "rank": 2}))
+    recalls = [record["val/R@1"] for record in _log(tmp_path / "recall") if record["event"] == "epoch"]
+    selection = json.loads((tmp_path / "recall" / "metrics-test.json").read_text())["selection"]
+    assert (selection["epoch"], selection["criterion"]) == (recalls.index(max(recalls)), "val/R@1")
+
+
+def test_selection_settings_are_checked(lite_root, tmp_path):
+    from lowres_vision.config import ConfigError
+
+    with pytest.raises(ConfigError, match="select must be one of"):
+        _config(lite_root, tmp_path, select="first").validate()
+    with pytest.raises(ConfigError, match=r"select_by for task 'circuits' must be one of \('top1',\)"):
+        _config(lite_root, tmp_path, select="best", eval_every=1, select_by="R@1").validate()
+    with pytest.raises(ConfigError, match="eval_every=0 never validates"):
+        _config(lite_root, tmp_path, select="best").validate()
+    root = tmp_path / "paired"
+    root.mkdir()
+    for name in ("q.png", "g.png"):
+        Image.new("RGB", (8, 8)).save(root / name)
+    for split in ("train", "test"):
+        (root / f"{split}.csv").write_text("q.png,g.png\n")
+    with pytest.raises(ConfigError, match="has no val split"):
+        train(_config(root, tmp_path / "run", task="paired-csv", select="best", eval_every=1, tokenization=None,
+                      adapter={"kind": "lora", "rank": 2}))
+
+
+def test_release_validation_loss_by_hand():
+    from lowres_vision.data import RetrievalSplit
+    from lowres_vision.training.evaluation import pair_loss
+
+    # Three drawing/render pairs (one query per gallery image) in batches of 2: pairs 0-1, then pair 2 alone.
+    split = RetrievalSplit(tuple(Path(f"q{i}") for i in range(3)), tuple(Path(f"g{i}") for i in range(3)), (2, 0, 1), symmetric=True)
+    queries = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    gallery = torch.tensor([[0.6, 0.8], [1.0, 1.0], [1.0, 0.0]])  # gallery g matches query 1, 2, 0
+    # Batch 1 pairs gallery 0 with query 1 and gallery 1 with query 2: unit vectors q = (0, 1), (c, c); g = (.6, .8), (c, c).
+    c = 1 / math.sqrt(2)
+    logits = [[0.8, c], [c * 1.4, 1.0]]  # raw cosines: the release's validation loss has logit scale 1
+    rows = sum(math.log(math.exp(row[0]) + math.exp(row[1])) - row[i] for i, row in enumerate(logits))
+    columns = sum(math.log(math.exp(logits[0][i]) + math.exp(logits[1][i])) - logits[i][i] for i in range(2))
+    first = 0.5 * (rows / 2 + columns / 2)
+    assert pair_loss(split, queries, gallery, batch_size=2, seed=0) == pytest.approx((2 * first + 1 * 0.0) / 3, rel=1e-6)
 
 
 def _write_shared_satellite_maps(root: Path, maps_per_satellite: list[int]) -> dict[int, int]:

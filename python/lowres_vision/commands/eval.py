@@ -10,8 +10,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="evaluate a trained run on its test (or val) split",
-        description="Rebuilds the model from RUN/config.json, loads RUN/trainable.safetensors (of the same run), "
-                    "evaluates it on one split and writes RUN/metrics-<split>.json and RUN/predictions-<split>.npz; "
+        description="Rebuilds the model from RUN/config.json, loads the parameters train selected (RUN/best.safetensors, "
+                    "or RUN/trainable.safetensors with select=last; of the same run), evaluates them on one split and writes RUN/metrics-<split>.json and RUN/predictions-<split>.npz; "
                     "the other splits' results stay.",
     )
     parser.add_argument("run", metavar="RUN", help="run directory written by `lowres-vision train --out RUN`")

@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train baselines (sub-kernel tokenization, domain attention, adapters) or a linear probe",
         description="Trains on the task's train split and writes the run directory --out (config.json, log.jsonl, "
-                    "checkpoint, trainable.safetensors, metrics-<split>.json, predictions-<split>.npz; see "
+                    "checkpoint, trainable.safetensors, best.safetensors, metrics-<split>.json, predictions-<split>.npz; see "
                     "lowres_vision.training). Settings come from --config (JSON or TOML) and are overridden by the "
                     "flags below; --resume starts from the run's stored settings and refuses flags that would "
                     "change what it computes. Under torchrun it trains with DDP.",

@@ -8,17 +8,22 @@ The run directory belongs to one run, named by a run id made when the run starts
     config.json                the resolved TrainConfig and "run_id"
     log.jsonl                  a "run" record (the id), then one object per logged step ("event": "step"), per
                                epoch ("event": "epoch", with the mean epoch loss, validation metrics such as
-                               "val/top1" and "samples": how many samples of each kind the epoch used over all
+                               "val/top1" (retrieval also "val/loss", the release's validation loss), "best":
+                               true on a new best epoch, and "samples": how many samples of each kind the epoch used over all
                                ranks, original, preserving (replaced by a label-preserving image), genie and
                                breaking_pairs), per skipped non-finite step ("skipped") and per resume
                                ("resume", with the settings it changed: {"epochs": [old, new]})
     checkpoint.safetensors     the latest resumable state (trainable parameters, optimizer, loss state,
     checkpoint.json              RNG states, epoch, step within the epoch, sampler position, run id); written
                                atomically every `checkpoint_every` steps and at each epoch end
-    trainable.safetensors      the final trainable parameters, keyed by module path ("visual.conv1.logits");
+    trainable.safetensors      the last epoch's trainable parameters, keyed by module path ("visual.conv1.logits");
                                metadata: run_id, global_step
+    best.safetensors           with select="best": the parameters of the epoch best on the val split; metadata
+                               also "selection" (see lowres_vision.training.selection)
     metrics-<split>.json       one per evaluated split (train: eval_split; `evaluate` / `lowres-vision eval
-                               --split`: any): {"run_id", "split", "parameters", "global_step", "metrics":
+                               --split`: any) of the selected parameters: {"run_id", "split", "parameters"
+                               (best.safetensors or trainable.safetensors), "global_step", "selection" (with
+                               select="best": {"epoch", "criterion": "val/top1" | "val/loss" | "val/R@1", "value"}), "metrics":
                                classification top1/top5 (percent); retrieval R@k (percent), mean/median rank}
     predictions-<split>.npz    classification logits/labels/class_names; retrieval embeddings, ground truth,
                                paths; and run_id, split, parameters, global_step

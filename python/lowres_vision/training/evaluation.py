@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -12,10 +13,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, TrainConfig
-from ..data import ClassificationDataset, ClassificationSplit, ImageListDataset, load_split
+from ..data import ClassificationDataset, ClassificationSplit, ImageListDataset, PairDataset, RetrievalSplit, load_split
 from .inputs import task_class_names, transforms
 from .model import build_model
 from .run_directory import load_trainable, write_results
+from .selection import parameters_file
 
 def autocast(device: torch.device, amp: bool):
     # bf16 needs no loss scaling; on CPU autocast would only slow the tiny runs down.
@@ -58,18 +60,52 @@ def evaluate_split(model: nn.Module, cfg: TrainConfig, split_name: str, transfor
     finally:
         model.train(was_training)
 
-def evaluate(cfg: TrainConfig) -> dict[str, float]:
-    """Evaluates the trained parameters of run directory `cfg.out` on `cfg.eval_split`.
+# The authors' release computes its retrieval validation loss on raw cosine similarities
+# (repository xiaobai1217/Low-Resource-Vision, file scripts/train_map.py, val_one_step).
+VALIDATION_LOGIT_SCALE = 1.0
 
-    The frozen backbone is rebuilt from cfg (same weights, or the same seeded random init) and
-    `trainable.safetensors` loaded into it (refused unless it belongs to the run of config.json);
+
+def pair_loss(split: RetrievalSplit, queries: torch.Tensor, gallery: torch.Tensor, batch_size: int, seed: int) -> float:
+    """The release's retrieval validation loss from a split's embeddings: the symmetric contrastive loss
+    over one (query, gallery image) pair per gallery image (drawn as training draws epoch 0's), in
+    batches of `batch_size` in gallery order, averaged over the pairs."""
+    from ..losses import symmetric_contrastive_loss
+
+    pairs = PairDataset(split, transform=None, seed=seed)
+    query_row = {path: row for row, path in enumerate(split.query_paths)}
+    gallery_row = {path: row for row, path in enumerate(split.gallery_paths)}
+    rows = torch.tensor([[query_row[query], gallery_row[image]] for query, image in map(pairs.pair, range(len(pairs)))])
+    total = 0.0
+    for batch in rows.split(batch_size):
+        loss = symmetric_contrastive_loss(queries[batch[:, 0]], gallery[batch[:, 1]], logit_scale=VALIDATION_LOGIT_SCALE)
+        total += len(batch) * loss.item()
+    return total / len(rows)
+
+
+def validation_metrics(model: nn.Module, cfg: TrainConfig, transform, device: torch.device) -> dict[str, float]:
+    """The metrics of the val split, and for retrieval the release's validation loss ("loss")."""
+    metrics, predictions = evaluate_split(model, cfg, "val", transform, device)
+    split = load_split(cfg.task, cfg.data_root, "val")
+    if isinstance(split, RetrievalSplit):
+        queries, gallery = (torch.from_numpy(predictions[name]) for name in ("query_embeddings", "gallery_embeddings"))
+        metrics["loss"] = pair_loss(split, queries, gallery, cfg.batch_size, cfg.seed)
+    return metrics
+
+
+def evaluate(cfg: TrainConfig) -> dict[str, float]:
+    """Evaluates the selected trained parameters of run directory `cfg.out` on `cfg.eval_split`.
+
+    The frozen backbone is rebuilt from cfg (same weights, or the same seeded random init) and the
+    parameters `train` selected loaded into it (`best.safetensors` with select="best",
+    `trainable.safetensors` with "last"; refused unless they belong to the run of config.json);
     metrics-<split>.json and predictions-<split>.npz are (re)written, other splits' left alone.
     """
     cfg.validate()
     if cfg.out is None:
         raise ConfigError("out: the run directory is required")
     run = Path(cfg.out)
-    tensors, trainable = load_trainable(run)
+    parameters = parameters_file(cfg)
+    tensors, trainable = load_trainable(run, parameters)
     device = torch.device(cfg.resolved_device())
     class_names = task_class_names(cfg)
     model, preprocess = build_model(cfg, None if class_names is None else len(class_names))
@@ -78,5 +114,6 @@ def evaluate(cfg: TrainConfig) -> dict[str, float]:
     _, eval_tf = transforms(preprocess, augment=False)
     metrics, predictions = evaluate_split(model, cfg, cfg.eval_split, eval_tf, device)
     write_results(run, cfg.eval_split, metrics, predictions, run_id=trainable["run_id"],
-                  global_step=int(trainable["global_step"]))
+                  global_step=int(trainable["global_step"]), parameters=parameters,
+                  selection=json.loads(trainable["selection"]) if "selection" in trainable else None)
     return metrics

@@ -17,9 +17,10 @@ from ..config import ConfigError, TrainConfig
 from ..errors import InputError
 from ..data import EpochSeededDataset, is_retrieval
 from .distributed import Distributed, ResumableDistributedSampler, init_distributed, mean_over_ranks, sum_over_ranks
-from .evaluation import autocast, evaluate_split
+from .evaluation import autocast, evaluate_split, validation_metrics
 from .inputs import BatchMixing, breaking_pair_batches, check_splits, sample_kinds, task_class_names, train_dataset, transforms
 from .model import build_model, tower_width
+from .selection import BestEpoch, parameters_file, selection_criterion, selects_best
 from .run_directory import (SAMPLE_KINDS, Progress, append_log, check_new_run_directory, check_resume, load_checkpoint,
                             new_run_id, remove_run_files, save_checkpoint, save_trainable, truncate_log, write_results,
                             write_run_config)
@@ -121,9 +122,16 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
 
         breaking_loss = MemoryBankContrastiveLoss(tower_width(model.visual), cfg.bank_size, cfg.logit_scale)
 
+    best = None
+    if selects_best(cfg):
+        if not validate:
+            raise ConfigError(f"select: 'best' picks an epoch on the validation split, and task {cfg.task!r} has no val "
+                              f"split under {cfg.data_root}; use select='last'")
+        best = BestEpoch(selection_criterion(cfg.task, cfg.select_by))
     progress = Progress()
     if cfg.resume:  # everything is checked before the first write: a refused resume changes no file
-        progress = load_checkpoint(run, run_id, model, optimizer, breaking_loss, cfg.batch_size, world_size, cfg.seed)
+        progress = load_checkpoint(run, run_id, model, optimizer, breaking_loss, cfg.batch_size, world_size, cfg.seed,
+                                   best)
         if (progress.epoch, progress.step_in_epoch) > (cfg.epochs, 0):
             raise ConfigError(f"resume: epochs={cfg.epochs}, but the checkpoint in {run} is past it (epoch "
                               f"{progress.epoch + 1}, step {progress.step_in_epoch} of it); a run may only get longer")
@@ -145,7 +153,7 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
     def save() -> None:
         nonlocal saved_step
         saved_step = progress.global_step
-        save_checkpoint(run, run_id, model, optimizer, breaking_loss, progress, cfg.batch_size, world_size, cfg.seed)
+        save_checkpoint(run, run_id, model, optimizer, breaking_loss, progress, cfg.batch_size, world_size, cfg.seed, best)
 
     forward: nn.Module = StepForward(model)
     if world_size > 1:
@@ -212,9 +220,12 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
                   **({"skipped": progress.epoch_skipped} if progress.epoch_skipped else {}), "time": time.time()}
         progress = Progress(epoch + 1, 0, progress.global_step)
         if context.is_main:
-            if validate and (epoch + 1) % cfg.eval_every == 0:
-                metrics, _ = evaluate_split(model, cfg, "val", eval_tf, device)
+            # With select="best" the last epoch is always validated, so that there is a best epoch.
+            if validate and ((epoch + 1) % cfg.eval_every == 0 or (best is not None and epoch + 1 == epochs)):
+                metrics = validation_metrics(model, cfg, eval_tf, device)
                 record.update({f"val/{name}": value for name, value in metrics.items()})
+                if best is not None and best.consider(epoch, progress.global_step, metrics, model):
+                    record["best"] = True
             append_log(run, record)
             save()
         if world_size > 1:
@@ -222,9 +233,16 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
 
     metrics: dict[str, float] = {}
     if context.is_main:
-        save_trainable(run, run_id, model, progress.global_step)
+        # The last epoch's parameters; with select="best" the reported metrics come from the best epoch's.
+        save_trainable(run, run_id, model.trainable_state_dict(), progress.global_step)
+        step, selection = progress.global_step, None
+        if best is not None:
+            step, selection = best.step, best.record()
+            save_trainable(run, run_id, best.parameters, step, name="best.safetensors", selection=selection)
+            model.load_trainable_state_dict(best.parameters)
         metrics, predictions = evaluate_split(model, cfg, cfg.eval_split, eval_tf, device)
-        write_results(run, cfg.eval_split, metrics, predictions, run_id=run_id, global_step=progress.global_step)
+        write_results(run, cfg.eval_split, metrics, predictions, run_id=run_id, global_step=step,
+                      parameters=parameters_file(cfg), selection=selection)
     if world_size > 1:
         shared = [metrics]
         dist.broadcast_object_list(shared, src=0)

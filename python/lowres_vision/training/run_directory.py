@@ -20,9 +20,11 @@ from torch import nn
 
 from ..config import RESUME_MAY_CHANGE, ConfigError, TrainConfig, config_from_dict
 from ..errors import InputError
+from .selection import BestEpoch
 
-# 4: the run id and skipped steps; 3: the epoch's sample counts; 2: the memory bank is one tensor of features (1: a list of batches)
-CHECKPOINT_FORMAT = 4
+# 5: the best epoch of select="best"; 4: the run id and skipped steps; 3: the epoch's sample counts;
+# 2: the memory bank is one tensor of features (1: a list of batches)
+CHECKPOINT_FORMAT = 5
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Writes through `write(tmp)` then renames over `path`: readers see the old file or the new, never half."""
@@ -158,7 +160,7 @@ class Progress:
 
 def save_checkpoint(run: Path, run_id: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                      breaking_loss: Optional[nn.Module], progress: Progress, batch_size: int, world_size: int,
-                     seed: int) -> None:
+                     seed: int, best: Optional[BestEpoch] = None) -> None:
     tensors = {f"model.{name}": parameter for name, parameter in model.trainable_parameters()}
     optimizer_state = optimizer.state_dict()
     scalar_state: dict[str, dict[str, Any]] = {}
@@ -171,6 +173,8 @@ def save_checkpoint(run: Path, run_id: str, model: nn.Module, optimizer: torch.o
     if breaking_loss is not None:
         # The memory bank is not in the loss's state_dict; it is part of an exact resume.
         tensors["breaking_loss.bank"] = breaking_loss.bank
+    if best is not None:  # the best epoch's parameters live in the one atomic checkpoint until the run ends
+        tensors.update({f"best.{name}": tensor for name, tensor in best.parameters.items()})
     rng_tensors, rng_state = capture_rng_state()
     tensors.update(rng_tensors)
     state = {
@@ -182,6 +186,7 @@ def save_checkpoint(run: Path, run_id: str, model: nn.Module, optimizer: torch.o
                     "num_replicas": world_size, "batch_size": batch_size},
         "optimizer": {"param_groups": optimizer_state["param_groups"], "scalar_state": scalar_state},
         "rng": rng_state,
+        **({"best": best.state()} if best is not None else {}),
     }
     # The state also travels in the safetensors metadata, so the one atomic file is self-contained;
     # checkpoint.json is its readable copy.
@@ -189,7 +194,8 @@ def save_checkpoint(run: Path, run_id: str, model: nn.Module, optimizer: torch.o
     write_json(run / "checkpoint.json", state)
 
 def load_checkpoint(run: Path, run_id: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     breaking_loss: Optional[nn.Module], batch_size: int, world_size: int, seed: int) -> Progress:
+                     breaking_loss: Optional[nn.Module], batch_size: int, world_size: int, seed: int,
+                     best: Optional[BestEpoch] = None) -> Progress:
     from safetensors import safe_open
 
     path = run / "checkpoint.safetensors"
@@ -231,6 +237,10 @@ def load_checkpoint(run: Path, run_id: str, model: nn.Module, optimizer: torch.o
         if "breaking_loss.bank" not in tensors:
             raise RunDirectoryError(f"resume: {path} holds no memory bank: it was written by a run without augment_manifest")
         breaking_loss.load_bank(tensors["breaking_loss.bank"].to(next(model.parameters()).device))
+    if best is not None:
+        if "best" not in state:
+            raise RunDirectoryError(f"resume: {path} was written by a run with select='last'; this run selects the best epoch")
+        best.load_state(state["best"], {name[len("best."):]: value for name, value in tensors.items() if name.startswith("best.")})
     set_rng_state(tensors, state["rng"])
     return Progress(state["epoch"], state["step_in_epoch"], state["global_step"], state["epoch_loss_sum"],
                     state["epoch_samples"], state["epoch_skipped"])
@@ -259,17 +269,19 @@ def append_log(run: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def save_trainable(run: Path, run_id: str, model: nn.Module, global_step: int) -> None:
-    save_tensors(run / "trainable.safetensors", model.trainable_state_dict(),
-                 metadata={RUN_ID: run_id, "global_step": str(global_step)})
+def save_trainable(run: Path, run_id: str, parameters: dict[str, torch.Tensor], global_step: int, *,
+                   name: str = "trainable.safetensors", selection: Optional[dict[str, Any]] = None) -> None:
+    """Trainable parameters (of step `global_step`; `selection`: which epoch and why, for best.safetensors)."""
+    metadata = {RUN_ID: run_id, "global_step": str(global_step), **({"selection": json.dumps(selection)} if selection else {})}
+    save_tensors(run / name, parameters, metadata=metadata)
 
 
-def load_trainable(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of run/trainable.safetensors, refused unless it belongs to the run of config.json."""
+def load_trainable(run: Path, name: str = "trainable.safetensors") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of run/`name`, refused unless it belongs to the run of config.json."""
     from safetensors import safe_open
 
     run_id, _ = read_run_config(run)
-    path = run / "trainable.safetensors"
+    path = run / name
     if not path.is_file():
         raise FileNotFoundError(f"evaluate: no trained parameters at {path} (has `train` finished?)")
     with safe_open(str(path), framework="pt") as handle:
@@ -306,14 +318,16 @@ def check_run_files(run: Path) -> None:
 
 
 def write_results(run: Path, split: str, metrics: dict[str, float], predictions: dict[str, np.ndarray], *,
-                  run_id: str, global_step: int) -> None:
+                  run_id: str, global_step: int, parameters: str = "trainable.safetensors",
+                  selection: Optional[dict[str, Any]] = None) -> None:
     """metrics-<split>.json and predictions-<split>.npz, each naming the run, the split and the
-    parameters evaluated (trainable.safetensors of step `global_step`)."""
-    source = {RUN_ID: run_id, "split": split, "parameters": "trainable.safetensors", "global_step": global_step}
+    parameters evaluated (the file `parameters`, of step `global_step`); metrics-<split>.json also
+    the `selection` of best.safetensors (epoch, criterion, value)."""
+    source = {RUN_ID: run_id, "split": split, "parameters": parameters, "global_step": global_step}
 
     def write_npz(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
             np.savez(handle, **predictions, **{key: np.array(value) for key, value in source.items()})
 
     write_atomic(run / f"predictions-{split}.npz", write_npz)
-    write_json(run / f"metrics-{split}.json", {**source, "metrics": metrics})
+    write_json(run / f"metrics-{split}.json", {**source, **({"selection": selection} if selection else {}), "metrics": metrics})
