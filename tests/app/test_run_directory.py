@@ -21,7 +21,8 @@ from lowres_vision import cli, plots
 from lowres_vision.config import ConfigError
 from lowres_vision.errors import InputError
 from lowres_vision.training import evaluate, loop, train
-from lowres_vision.training.run_directory import RunDirectoryError, write_atomic
+from lowres_vision.atomic_files import write_atomic
+from lowres_vision.training.run_directory import RunDirectoryError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -137,6 +137,7 @@ def _classification(args, core_inputs, model, preprocess, vlm_encoder, device):
     import torch
 
     from lowres_vision import core, metrics
+    from lowres_vision.atomic_files import write_npz
     from lowres_vision.core.figures import plot_retrieved_captions, plot_tuning_grid
     from lowres_vision.data import load_split
     from lowres_vision.errors import InputError
@@ -180,7 +181,8 @@ def _classification(args, core_inputs, model, preprocess, vlm_encoder, device):
         }
     labels = torch.tensor(split.labels)
     results.update(metrics.topk_accuracy(logits, labels, (1, 5)))
-    np.savez(args.out / "predictions.npz", logits=logits.numpy(), labels=labels.numpy(), class_names=np.asarray(split.class_names))
+    write_npz(args.out / "predictions.npz", {"logits": logits.numpy(), "labels": labels.numpy(),
+                                              "class_names": np.asarray(split.class_names)})
     return results
 
 
@@ -189,6 +191,7 @@ def _retrieval(args, core_inputs, model, preprocess, vlm_encoder, device):
     import torch
 
     from lowres_vision import core
+    from lowres_vision.atomic_files import write_npz
     from lowres_vision.core.figures import plot_retrieved_captions
     from lowres_vision.data import load_split
     from lowres_vision.metrics import split_retrieval_metrics
@@ -223,10 +226,11 @@ def _retrieval(args, core_inputs, model, preprocess, vlm_encoder, device):
         plot_retrieved_captions([split.query_paths[i] for i in shown], [caption_lists[i] for i in shown], args.out / "retrieval_examples.png")
     ground_truth = torch.tensor(split.ground_truth)
     results.update(split_retrieval_metrics(queries, gallery, ground_truth, symmetric=split.symmetric))
-    np.savez(
-        args.out / "predictions.npz", query_embeddings=queries.numpy(), gallery_embeddings=gallery.numpy(), ground_truth=ground_truth.numpy(),
-        query_paths=np.asarray([str(p) for p in split.query_paths]), gallery_paths=np.asarray([str(p) for p in split.gallery_paths]),
-    )
+    write_npz(args.out / "predictions.npz", {
+        "query_embeddings": queries.numpy(), "gallery_embeddings": gallery.numpy(), "ground_truth": ground_truth.numpy(),
+        "query_paths": np.asarray([str(p) for p in split.query_paths]),
+        "gallery_paths": np.asarray([str(p) for p in split.gallery_paths]),
+    })
     return results
 
 
@@ -234,6 +238,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     import torch
 
     from lowres_vision import core
+    from lowres_vision.atomic_files import write_json
     from lowres_vision.config import check_device
     from lowres_vision.data import is_retrieval
     from lowres_vision.errors import InputError
@@ -253,7 +258,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     )
     evaluate = _retrieval if is_retrieval(args.task) else _classification
     results = evaluate(args, core_inputs, model, preprocess, vlm_encoder, device)
-    (args.out / "metrics.json").write_text(json.dumps(results, indent=2))
+    write_json(args.out / "metrics.json", results)
     summary = {key: value for key, value in results.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
     print(json.dumps(summary))
     return 0

@@ -140,7 +140,6 @@ def added_parameters(
     adapter: Optional[Mapping[str, Any]] = None,
 ) -> int:
     """Trainable parameters the injections add (the backbone itself stays frozen)."""
-    d = spec.width
     total = 0
     if tokenization is not None:
         total += _tokenization_options(tokenization)[2]

@@ -23,7 +23,8 @@ from typing import Optional
 import torch
 
 from ..config import ConfigError
-from ..training.run_directory import save_tensors, write_atomic, write_json
+from ..atomic_files import write_atomic, write_json
+from ..training.run_directory import save_tensors
 from .data import CaptionedCorpus, StepBatchSampler
 from .evaluate import evaluate_heldout
 

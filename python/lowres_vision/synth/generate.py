@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import InputError
 from . import circuits, drawings, maps
-from .plan import CIRCUIT_CLASSES, SPLITS, TASKS, circuit_plan, drawing_plan, map_plan
+from .plan import CIRCUIT_CLASSES, TASKS, circuit_plan, drawing_plan, map_plan
 
 GENERATOR_VERSION = 1
 MANIFEST = "synth.json"

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..atomic_files import write_atomic, write_json, write_npz
 from ..config import RESUME_MAY_CHANGE, ConfigError, TrainConfig, config_from_dict
 from ..errors import InputError
 from .selection import BestEpoch
@@ -25,21 +25,6 @@ from .selection import BestEpoch
 # 5: the best epoch of select="best"; 4: the run id and skipped steps; 3: the epoch's sample counts;
 # 2: the memory bank is one tensor of features (1: a list of batches)
 CHECKPOINT_FORMAT = 5
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Writes through `write(tmp)` then renames over `path`: readers see the old file or the new, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not also keep the half-written copy
-        raise
-
-def write_json(path: Path, value: Any) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2, default=str) + "\n"))
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: Optional[dict[str, str]] = None) -> None:
     from safetensors.torch import save_file
@@ -325,9 +310,5 @@ def write_results(run: Path, split: str, metrics: dict[str, float], predictions:
     the `selection` of best.safetensors (epoch, criterion, value)."""
     source = {RUN_ID: run_id, "split": split, "parameters": parameters, "global_step": global_step}
 
-    def write_npz(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **predictions, **{key: np.array(value) for key, value in source.items()})
-
-    write_atomic(run / f"predictions-{split}.npz", write_npz)
+    write_npz(run / f"predictions-{split}.npz", {**predictions, **{key: np.array(value) for key, value in source.items()}})
     write_json(run / f"metrics-{split}.json", {**source, **({"selection": selection} if selection else {}), "metrics": metrics})
