@@ -56,7 +56,8 @@ class CMakeBuild(build_ext):
 setup(
     packages=find_packages(include=["lowres_kernels*"]) + find_packages("python", include=["lowres_vision*"]),
     package_dir={"lowres_vision": "python/lowres_vision"},
-    package_data={"lowres_vision": ["data/captions/*.txt"]},
+    package_data={"lowres_vision": ["data/captions/*.txt", "weights/lowres-clip/*.json", "weights/lowres-clip/*.safetensors",
+                                   "weights/lowres-clip/*.md"]},
     ext_modules=[Extension("lowres_kernels._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild},
 )

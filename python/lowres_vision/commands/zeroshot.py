@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = model.add_mutually_exclusive_group()
     source.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. webli) or local checkpoint path")
     source.add_argument("--checkpoint", default=None,
-                        help="local weights with open_clip_config.json beside them, as `lowres-vision pretrain` writes")
+                        help="local weights with open_clip_config.json beside them, as `lowres-vision pretrain` writes "
+                             "(default, without --model/--pretrained/--tiny: the CLIP this package ships)")
     source.add_argument("--tiny", action="store_true", help="a tiny randomly initialised CLIP (tests)")
     prompts = parser.add_argument_group("prompts")
     prompts.add_argument("--prompt-style", choices=("core", "lite"), default="core",
@@ -242,6 +243,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     from lowres_vision.config import check_device
     from lowres_vision.data import is_retrieval
     from lowres_vision.errors import InputError
+    from lowres_vision.models.backbone import SHIPPED_CHECKPOINT
 
     for flag, value, least in (("--batch-size", args.batch_size, 1), ("--caption-batch-size", args.caption_batch_size, 1),
                                ("--workers", args.workers, 0)):
@@ -250,7 +252,9 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     device = torch.device(check_device(args.device))
     core_inputs = _checked_core_inputs(args)
     checkpoint = args.checkpoint
-    if checkpoint is None and not args.tiny and args.pretrained is None:
+    if checkpoint is None and args.model is None and args.pretrained is None and not args.tiny:
+        checkpoint = SHIPPED_CHECKPOINT
+    elif checkpoint is None and not args.tiny and args.pretrained is None:
         print("zeroshot: no --pretrained given, the model keeps its random initialisation (numbers are meaningless)")
     args.out.mkdir(parents=True, exist_ok=True)
     model, preprocess, vlm_encoder = core.load_vlm(

@@ -32,6 +32,8 @@ TIMM_PREFIX = "timm:"
 TINY_WIDTH, TINY_LAYERS, TINY_HEAD_WIDTH, TINY_PATCH = 64, 4, 16, 14
 TINY_TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2}
 OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
+# The CLIP this project pretrains with `lowres-vision pretrain` and ships (its model card lies beside it).
+SHIPPED_CHECKPOINT = str(Path(__file__).resolve().parents[1] / "weights" / "lowres-clip" / "open_clip_model.safetensors")
 
 
 @dataclass(frozen=True)
