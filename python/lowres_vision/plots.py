@@ -230,10 +230,13 @@ def plot_retrieval_examples(
     return _save(figure, path)
 
 
-def plot_results(results: Mapping[str, Mapping[str, Mapping[str, float]]], path: PathLike = "results.png", *, title: str = "") -> Path:
+def plot_results(results: Mapping[str, Mapping[str, Mapping[str, float]]], path: PathLike = "results.png", *, title: str = "",
+                 errors: Optional[Mapping[str, Mapping[str, Mapping[str, float]]]] = None,
+                 reference: Optional[Mapping[str, Mapping[str, float]]] = None) -> Path:
     """Grouped bars: for each task metric (columns of the paper's table), one bar per configuration.
 
-    results[configuration][task][metric] = value.
+    results[configuration][task][metric] = value; `errors`, in the same layout, draws error bars
+    (e.g. the standard deviation over seeds); reference[task][metric] draws a dashed line (e.g. chance).
     """
     configurations = list(results)
     columns = [(task, metric) for task, metrics in next(iter(results.values())).items() for metric in metrics]
@@ -243,7 +246,11 @@ def plot_results(results: Mapping[str, Mapping[str, Mapping[str, float]]], path:
     legend_handles = None
     for ax, (task, metric) in zip(axes, columns):
         values = [results[c].get(task, {}).get(metric, np.nan) for c in configurations]
-        bars = ax.bar(range(len(configurations)), values, color=colours)
+        spread = None if errors is None else [errors.get(c, {}).get(task, {}).get(metric, 0.0) for c in configurations]
+        bars = ax.bar(range(len(configurations)), values, color=colours, yerr=spread, capsize=2)
+        level = (reference or {}).get(task, {}).get(metric)
+        if level is not None:
+            ax.axhline(level, color="black", linestyle="--", linewidth=0.8, label="chance")
         legend_handles = legend_handles or list(bars)
         ax.set_title(f"{task}\n{metric}" + (" (lower better)" if "rank" in metric else ""), fontsize=8)
         ax.set_xticks([])

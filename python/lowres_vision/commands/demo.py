@@ -14,29 +14,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="generate the synthetic benchmark, train the paper's configurations on it, print the results table",
         description="Generates the synthetic LITE benchmark if missing, then trains and evaluates linear probe, "
-                    "AdaptFormer, + tokenization, + domain attention and + all on each task, and writes "
-                    "results.md, results.json, results.png and every run's plots. Offline it uses a tiny "
-                    "random-initialised ViT; give --pretrained or --checkpoint for a real backbone.",
+                    "AdaptFormer, + tokenization, + domain attention and + all on each task once per training seed, "
+                    "runs zero-shot (plain prompts and CoRE) on circuits, and writes results.md, results.json, "
+                    "results.png (mean ± std over the training seeds, chance beside them) and every run's plots. "
+                    "By default it adapts the CLIP this project pretrains and ships; --pretrained or --checkpoint "
+                    "picks another open_clip model.",
     )
     parser.add_argument("--out", default=defaults.out, help=f"output folder (default {defaults.out})")
     parser.add_argument("--data", default=None, help="synthetic data folder (default: the synth cache for --seed/--scale)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the synthetic data")
+    parser.add_argument("--training-seeds", type=int, nargs="+", default=list(defaults.training_seeds),
+                        help=f"one run per training seed and configuration (default {list(defaults.training_seeds)})")
+    parser.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot rows")
     parser.add_argument("--scale", type=float, default=defaults.scale, help="fraction of LITE's split sizes (default 1)")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--configs", nargs="+", choices=[slug(name) for name in CONFIGURATIONS],
                         default=[slug(name) for name in CONFIGURATIONS], help="configurations to run (default: all five)")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--image-size", type=int, default=None,
-                        help=f"input size (default {defaults.image_size} for the tiny ViT, 224 for a real backbone)")
+                        help="input size (default: 84 for the shipped CLIP, trained at 112; a checkpoint's own; 224 with --pretrained)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--backbone", default=defaults.backbone, help="open_clip model name, used with --pretrained/--checkpoint")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--pretrained", default=None, help="open_clip pretrained tag or local weights path")
-    source.add_argument("--checkpoint", default=None, help="local open_clip checkpoint file")
+    source.add_argument("--checkpoint", default=None, help="local open_clip checkpoint file (default: the shipped CLIP)")
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=defaults.threads,
-                        help=f"torch CPU threads (default {defaults.threads}: fastest for the tiny ViT; 0 keeps torch's default)")
+                        help=f"torch CPU threads (default {defaults.threads}: fastest for the small shipped ViT; 0 keeps torch's default)")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
     parser.set_defaults(func=run_demo_command)
 
@@ -47,11 +52,10 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
     check_device(args.device)  # before the benchmark is generated, not at the first run
     by_slug = {slug(name): name for name in CONFIGURATIONS}
-    real_backbone = args.pretrained is not None or args.checkpoint is not None
     settings = DemoSettings(
         out=args.out, data_root=args.data, seed=args.seed, scale=args.scale, tasks=args.tasks,
-        configurations=[by_slug[s] for s in args.configs], epochs=args.epochs,
-        image_size=args.image_size or (224 if real_backbone else DemoSettings.image_size),
+        configurations=[by_slug[s] for s in args.configs], training_seeds=args.training_seeds,
+        zero_shot=not args.no_zero_shot, epochs=args.epochs, image_size=args.image_size,
         batch_size=args.batch_size, lr=args.lr, backbone=args.backbone, pretrained=args.pretrained,
         checkpoint=args.checkpoint, device=args.device, threads=args.threads or None, plots=not args.no_plots,
     )
