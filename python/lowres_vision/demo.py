@@ -5,7 +5,7 @@
 
 Offline and on CPU it adapts the CLIP this project pretrains and ships (`SHIPPED_CHECKPOINT`, a
 patch-14 ViT pretrained at 112 px on a generated general image corpus; its model card lies beside
-it), at 84 px and for 3 epochs to stay within 10 minutes on 2 cores, where the paper adapts a frozen
+it), at 70 px and for 3 epochs to stay within 10 minutes on 2 cores, where the paper adapts a frozen
 ViT-H/14 at 224 px for 90 epochs; `pretrained=` or `checkpoint=` picks
 another open_clip model. Every training configuration runs once per training seed and the table
 shows mean ± standard deviation over them; zero-shot (plain prompts and CoRE over the shipped
@@ -52,9 +52,9 @@ def configuration(name: str, task: str) -> dict:
 ZERO_SHOT = {"Zero-shot (prompts)": "plain", "Zero-shot (CoRE)": "core"}
 ZERO_SHOT_TASK = "circuits"
 CHANCE = "Chance"
-# The shipped CLIP was trained at 112 px; the demo feeds it 84 px (a 6x6 token grid, its position
+# The shipped CLIP was trained at 112 px; the demo feeds it 70 px (a 5x5 token grid, its position
 # embeddings interpolated) so that its 45 training runs fit in 10 minutes on 2 CPU cores.
-SHIPPED_DEMO_IMAGE_SIZE = 84
+SHIPPED_DEMO_IMAGE_SIZE = 70
 
 # The columns of the paper's results tables: (task, metric key in metrics-test.json, header).
 TABLE_COLUMNS = (

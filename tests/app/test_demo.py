@@ -59,7 +59,7 @@ def test_demo_defaults_to_the_shipped_checkpoint_at_its_own_size():
     from lowres_vision.models.backbone import SHIPPED_CHECKPOINT
 
     assert DemoSettings().resolved_checkpoint == SHIPPED_CHECKPOINT
-    assert DemoSettings().resolved_image_size == 84  # the budget's size, below the 112 px it was trained at
+    assert DemoSettings().resolved_image_size == 70  # the budget's size, below the 112 px it was trained at
     assert DemoSettings(image_size=112).resolved_image_size == 112
     assert DemoSettings(pretrained="laion2b_s34b_b88k").resolved_checkpoint is None
     assert DemoSettings(pretrained="laion2b_s34b_b88k").resolved_image_size == 224

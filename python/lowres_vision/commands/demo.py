@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         default=[slug(name) for name in CONFIGURATIONS], help="configurations to run (default: all five)")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--image-size", type=int, default=None,
-                        help="input size (default: 84 for the shipped CLIP, trained at 112; a checkpoint's own; 224 with --pretrained)")
+                        help="input size (default: 70 for the shipped CLIP, trained at 112; a checkpoint's own; 224 with --pretrained)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--backbone", default=defaults.backbone, help="open_clip model name, used with --pretrained/--checkpoint")

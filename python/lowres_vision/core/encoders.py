@@ -105,7 +105,7 @@ def encode_queries(encoder: TextEncoder, texts: Sequence[str]) -> torch.Tensor:
 
 
 def tiny_clip(embed_dim: int = 64, image_size: int = 224) -> torch.nn.Module:
-    """A randomly initialised CLIP small enough for tests and the offline demo."""
+    """A randomly initialised CLIP small enough for tests (the demo uses the shipped CLIP)."""
     import open_clip
 
     return open_clip.model.CLIP(

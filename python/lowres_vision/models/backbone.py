@@ -4,7 +4,10 @@ Names are open_clip model names ("ViT-H-14", "ViT-B-16", ...) or timm model name
 "timm:" ("timm:vit_small_patch14_reg4_dinov2"). `pretrained` is an open_clip tag ("laion2b_s32b_b79k"),
 or a local weights file; for timm a truthy tag downloads the default weights and a local path is
 loaded as the model's weights file. With `pretrained=None` the weights stay randomly initialised,
-which is what offline tests and the demo use. `tiny=True` builds the named architecture shrunk to
+which is what offline tests use. `checkpoint=` loads a local file; one with `open_clip_config.json`
+beside it (what `lowres-vision pretrain` writes) is built from that config: the project's own CLIP,
+pretrained on a generated corpus, ships at `SHIPPED_CHECKPOINT` and is the demo's and zeroshot's
+default backbone. `tiny=True` builds the named architecture shrunk to
 4 layers, width 64, 4 heads and patch 14, everything else from the model's own config (QuickGELU,
 layer scale, register tokens, ...), randomly initialised in milliseconds: the offline stand-in of
 that backbone. The text tower of a tiny open_clip model is a 2-layer, width-64 transformer.
