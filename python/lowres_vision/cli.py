@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from .errors import InputError
 
-COMMANDS = ("train", "eval", "zeroshot", "synth", "demo", "plot", "augment", "pretrain")
+COMMANDS = ("train", "eval", "zeroshot", "index", "synth", "demo", "plot", "augment", "pretrain")
 DEBUG_HELP = "print the traceback of an error as well"
 
 

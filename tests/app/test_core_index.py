@@ -97,7 +97,7 @@ def test_compressed_index_reports_the_recall_it_is_searched_at(tmp_path):
     np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", corpus[:5], corpus[ids]), rtol=1e-5, atol=1e-6)
 
 
-def test_opq_is_kept_only_where_it_lowers_the_code_error():
+def test_opq_is_kept_only_where_it_lowers_the_code_error(tmp_path):
     # Variation along 4 directions of 32 is what OPQ's rotation balances across sub-vectors; isotropic
     # noise has nothing to balance.
     structured = clustered(3000, 32, seed=8).numpy()
@@ -106,6 +106,12 @@ def test_opq_is_kept_only_where_it_lowers_the_code_error():
     assert rotation is not None and errors["opq"] <= 0.9 * errors["plain"]
     rotation, errors = ann._rotation_if_it_helps(isotropic, 4)
     assert rotation is None and errors["opq"] > 0.9 * errors["plain"]
+    # A build that measures no gain drops OPQ from its factory string and builds the rest.
+    np.save(tmp_path / "isotropic.npy", isotropic)
+    plan = plan_index(3000, 32, "ivfpq", "1MB", opq=True)
+    built = ann.build_index(np.load(tmp_path / "isotropic.npy", mmap_mode="r"), tmp_path / "isotropic.faiss", plan)
+    assert plan.factory.startswith("OPQ8_32,") and (built["factory"], built["opq"]) == (plan.factory.split(",", 1)[1], False)
+    assert built["memory_bytes"] == plan.memory_bytes - 32 * 32 * 4
 
 
 def test_first_search_raises_nprobe_for_queries_unlike_the_corpus(tmp_path):
@@ -218,3 +224,22 @@ def test_zeroshot_reports_index_and_core_settings_in_one_line(tmp_path, capsys, 
     stderr = capsys.readouterr().err  # progress bars, then the error
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("lowres-vision zeroshot: error: ") and message in stderr.strip().splitlines()[-1]
+
+
+def test_index_command_embeds_several_corpus_files_in_shards(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lowres_vision.cli import main
+
+    (tmp_path / "a.txt").write_text("a red gear\nan old map of a harbour\n")
+    pq.write_table(pa.table({"text": ["a circuit with an LED", None, "a bolt"]}), tmp_path / "b.parquet")
+    out = tmp_path / "idx"
+    argv = ["index", "--captions", str(tmp_path / "a.txt"), str(tmp_path / "b.parquet"), "--caption-column", "text",
+            "--out", str(out), "--tiny", "--shard-rows", "3", "--caption-batch-size", "2"]
+    assert main(argv) == 0
+    index = CaptionIndex.load(out)
+    assert list(index.captions) == ["a red gear", "an old map of a harbour", "a circuit with an LED", "a bolt"]
+    assert sorted(path.name for path in (out / "progress").iterdir()) == ["00000.json", "00001.json"]
+    assert [shards.rows_done(out, shard) for shard in (0, 1)] == [3, 1]
+    assert index.meta["shard_rows"] == 3 and index.meta["indices"][VLM_SPACE]["kind"] == "flat"

@@ -17,8 +17,8 @@ EXAMPLE_IMAGES = 4
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..core.ann import DEFAULT_MAX_INDEX_MEMORY, DEFAULT_RECALL_TARGET, INDEX_KINDS
     from ..data import task_names
+    from .index import add_index_arguments
 
     parser = subparsers.add_parser(
         "zeroshot", help="training-free zero-shot evaluation (plain prompts or CoRE retrieval enrichment)", description=__doc__,
@@ -44,16 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prompts.add_argument("--retrieval-template", default=None, help="template of the class-name -> caption query")
     core = parser.add_argument_group("CoRE")
     core.add_argument("--captions", type=Path, default=None, help="caption corpus: .txt (one per line), .csv/.tsv/.parquet with --caption-column (default: the shipped corpus)")
-    core.add_argument("--caption-column", default=None)
     core.add_argument("--index-dir", type=Path, default=None, help="caption index directory, reused and resumed (default OUT/caption_index)")
-    core.add_argument("--index-kind", choices=INDEX_KINDS, default="auto",
-                      help="auto: exact up to 100k captions, a product-quantised IVF index within --max-index-memory above")
-    core.add_argument("--max-index-memory", default=DEFAULT_MAX_INDEX_MEMORY, help="RAM the caption index may hold per space (e.g. 4GB)")
-    core.add_argument("--recall-target", type=float, default=DEFAULT_RECALL_TARGET,
-                      help="10-recall@10 against exact search the approximate index's search is tuned to at build")
-    core.add_argument("--text-encoder", default=None, help="text-to-text encoder name or path (default: bundled all-MiniLM-L6-v2)")
-    core.add_argument("--text-pooling", choices=("mean", "last", "cls"), default="mean", help="'last' for SFR-Embedding-Mistral")
-    core.add_argument("--text-query-prefix", default="", help="instruction prepended to retrieval queries")
+    add_index_arguments(core)
     core.add_argument("--alpha", type=float, default=0.2)
     core.add_argument("--beta", type=float, default=0.5)
     core.add_argument("--tune", action="store_true", help="tune alpha and beta over 0.1..1.0 on the training split")
@@ -66,7 +58,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     core.add_argument("--formula", choices=("release", "paper"), default="release")
     run = parser.add_argument_group("run")
     run.add_argument("--batch-size", type=int, default=32)
-    run.add_argument("--caption-batch-size", type=int, default=256)
     run.add_argument("--workers", type=int, default=0)
     run.add_argument("--device", default=None, help="default: cuda when available")
     run.add_argument("--seed", type=int, default=0, help="seeds the initialisation of randomly initialised models")
@@ -121,10 +112,9 @@ def _checked_core_inputs(args):
 def _open_core(args, config, captions, vlm_encoder, device):
     from lowres_vision import core
 
-    if args.text_encoder is None:
-        text_encoder = core.default_text_encoder(device)
-    else:
-        text_encoder = core.HFTextEncoder(args.text_encoder, pooling=args.text_pooling, query_prefix=args.text_query_prefix, device=device)
+    from .index import open_text_encoder
+
+    text_encoder = open_text_encoder(args, device)
     index = core.build_caption_index(
         captions, args.index_dir or args.out / "caption_index",
         vlm_encoder=vlm_encoder, text_encoder=text_encoder, batch_size=args.caption_batch_size, index_kind=args.index_kind,

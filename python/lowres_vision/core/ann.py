@@ -346,10 +346,11 @@ def build_index(vectors: np.ndarray, path: Path, plan: IndexPlan, *, recall_targ
             sample = _rows(vectors, train_rows if len(train_rows) else query_rows, chunk_rows)
             if plan.opq:
                 rotation, distortion = _rotation_if_it_helps(sample, plan.code_bytes)
-                plan = plan if rotation is not None else _without_opq(plan)
-                index = faiss.index_factory(dim, plan.factory.split(",", 1)[1], faiss.METRIC_INNER_PRODUCT)
-                if rotation is not None:
-                    index = faiss.IndexPreTransform(rotation, index)
+                if rotation is None:
+                    plan = _without_opq(plan)
+                    index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
+                else:  # the rotation trained for the check is the index's
+                    index = faiss.IndexPreTransform(rotation, faiss.index_factory(dim, plan.factory.split(",", 1)[1], faiss.METRIC_INNER_PRODUCT))
             index.train(sample)
             _write_index(index, trained_path)
         shard_paths = []
