@@ -61,7 +61,7 @@ def _rss_kb() -> dict[str, int]:
 
 
 def _timed_search(index, vectors, queries, k, settings, batch=1000):
-    from lowres_vision.core.ann import search_reranked
+    from lowres_vision.core.recall import search_reranked
 
     started = time.perf_counter()
     ids = np.concatenate([search_reranked(index, vectors, queries[i : i + batch], k, settings)[1] for i in range(0, len(queries), batch)])
@@ -71,7 +71,7 @@ def _timed_search(index, vectors, queries, k, settings, batch=1000):
 def run(args: argparse.Namespace) -> dict:
     import faiss
 
-    from lowres_vision.core import ann
+    from lowres_vision.core import ann, recall
 
     args.work.mkdir(parents=True, exist_ok=True)
     vectors_path = args.work / f"vectors-{args.rows}x{args.dim}.npy"
@@ -88,36 +88,39 @@ def run(args: argparse.Namespace) -> dict:
 
     before = _rss_kb()
     index = ann.read_index(index_path)
-    settings = ann.SearchSettings(nprobe=built["nprobe"], ef_search=built["ef_search"], rerank_factor=built["rerank_factor"])
+    settings = recall.SearchSettings(nprobe=built["nprobe"], ef_search=built["ef_search"], rerank_factor=built["rerank_factor"])
     settings.apply(index)
     loaded = _rss_kb()
-    k = ann.RECALL_K
+    k = recall.RECALL_K
     recall_queries = queries[: args.recall_queries]
-    exact = ann.exact_neighbours(vectors, recall_queries, k)
-    verified = ann.verify_search(index, vectors, queries, built, settings, where="bench")
+    exact = recall.exact_neighbours(vectors, recall_queries, k)
+    verified = recall.verify_search(index, vectors, queries, built, settings, where="bench")
     ids, qps = _timed_search(index, vectors, queries, k, verified)
     after = _rss_kb()
     index_bytes = index_path.stat().st_size + sum(p.stat().st_size for p in args.work.glob("index.faiss.ivfdata"))
 
     curve = []
-    for factor in ann.RERANK_FACTORS:
+    for factor in recall.RERANK_FACTORS:
         for nprobe in (1, 2, 4, 8, 16, 32, 64, 128):
             if plan.nlist and nprobe > plan.nlist:
                 break
-            point = ann.SearchSettings(nprobe=nprobe if plan.nlist else None, ef_search=None if plan.nlist else 16 * nprobe, rerank_factor=factor)
+            point = recall.SearchSettings(nprobe=nprobe if plan.nlist else None, ef_search=None if plan.nlist else 16 * nprobe, rerank_factor=factor)
             point.apply(index)
             found, point_qps = _timed_search(index, vectors, recall_queries, k, point)
-            curve.append({"nprobe": nprobe, "rerank_factor": factor, "recall_at_10": ann.recall_at_k(found, exact), "queries_per_s": point_qps})
+            curve.append({"nprobe": nprobe, "rerank_factor": factor, "recall_at_10": recall.recall_at_k(found, exact), "queries_per_s": point_qps})
     return {
         "rows": args.rows, "dim": args.dim, "max_index_memory": args.max_index_memory, "threads": faiss.omp_get_max_threads(),
-        "machine": platform.processor() or platform.machine(), "plan": {key: getattr(plan, key) for key in ("factory", "nlist", "code_bytes", "opq", "memory_bytes")},
-        "generate_seconds": round(generate_seconds, 1), "build_seconds": round(build_seconds, 1), "build_seconds_before_tuning": built["build_seconds"],
+        "machine": platform.processor() or platform.machine(),
+        "plan": {key: built[key] for key in ("factory", "nlist", "code_bytes", "opq", "memory_bytes")},  # as built (OPQ measured)
+        "generate_seconds": round(generate_seconds, 1), "build_seconds": round(build_seconds, 1), "build_steps_seconds": built["seconds"],
         "tuned": {key: built[key] for key in ("nprobe", "ef_search", "rerank_factor", "recall_at_10", "tuning_queries")},
         "searched_with": {"nprobe": verified.nprobe, "ef_search": verified.ef_search, "rerank_factor": verified.rerank_factor},
-        "recall_at_10_fresh_queries": ann.recall_at_k(ids[: len(exact)], exact), "queries_per_s": round(qps, 1), "timed_queries": len(queries),
-        "index_bytes_per_vector_on_disk": round(index_bytes / args.rows, 2),
+        "recall_at_10_fresh_queries": recall.recall_at_k(ids[: len(exact)], exact), "queries_per_s": round(qps, 1), "timed_queries": len(queries),
+        "index_bytes_per_vector_on_disk": round(index_bytes / args.rows, 2), "pq_distortion": built["pq_distortion"],
         "full_vectors_bytes_per_vector_on_disk": round(vectors_path.stat().st_size / args.rows, 2),
-        "index_bytes_per_vector_in_ram": round((index_bytes - index_path.stat().st_size + (loaded["RssAnon"] - before["RssAnon"]) * 1024) / args.rows, 2),
+        # Held in RAM at most: the .faiss file read into the heap (quantizer, rotation, codebooks, list
+        # headers) and every page of the memory-mapped inverted lists; the full vectors stay on disk.
+        "index_bytes_per_vector_in_ram": round(index_bytes / args.rows, 2),
         "rss_kb": {"before_load": before, "after_load": loaded, "after_search": after},
         "curve": curve,
     }

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from test_core import FailingEncoder, LookupEncoder, make_captions
 
 from lowres_vision.core import TEXT_SPACE, VLM_SPACE, CaptionIndex, build_caption_index, parse_memory, plan_index
-from lowres_vision.core import ann, shards
+from lowres_vision.core import ann, recall, shards
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -79,19 +79,19 @@ def test_compressed_index_reports_the_recall_it_is_searched_at(tmp_path):
     corpus = np.asarray(index.embeddings(VLM_SPACE))
     exact = exact_without_self(corpus, rows)
 
-    def recall(searched):
+    def measured_recall(searched):
         ids = searched.search(VLM_SPACE, corpus[rows], k=11)[1]
         found = [row_ids[row_ids != row][:10] for row_ids, row in zip(ids, rows)]
         return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
 
     tuned = CaptionIndex.load(tmp_path / "index", nprobe=built["nprobe"], rerank_factor=built["rerank_factor"])
-    assert recall(tuned) == pytest.approx(built["recall_at_10"])
+    assert measured_recall(tuned) == pytest.approx(built["recall_at_10"])
     # The search at the tuned nprobe is not the last one tried: one step less falls below the target.
     below = [r for nprobe, factor, r in built["tuning"] if factor == built["rerank_factor"] and nprobe < built["nprobe"]]
     assert below and max(below) < 0.9
     with pytest.warns(UserWarning, match=r"tuned to 10-recall@10 0\.9\d\d .*nprobe 1 < "):
         weaker = CaptionIndex.load(tmp_path / "index", nprobe=1)
-    assert recall(weaker) < built["recall_at_10"]
+    assert measured_recall(weaker) < built["recall_at_10"]
     # Scores are exact cosines even though the codes are 4 bytes: the candidates are re-ranked.
     scores, ids = index.search(VLM_SPACE, corpus[:5], k=3)
     np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", corpus[:5], corpus[ids]), rtol=1e-5, atol=1e-6)
@@ -168,10 +168,10 @@ def test_ivf_shards_resume_after_a_kill_and_merge_on_disk(tmp_path, monkeypatch)
     assert merged.ntotal == 6000 and "OnDisk" in type(faiss.downcast_InvertedLists(invlists)).__name__
     # Merging shards gives the index one shard would have: same codes, so the same results and recall.
     whole = ann.read_index(tmp_path / "reference.faiss")
-    settings = ann.SearchSettings(nprobe=8, rerank_factor=2)
+    settings = recall.SearchSettings(nprobe=8, rerank_factor=2)
     for index in (merged, whole):
         settings.apply(index)
-    got, want = (ann.search_reranked(index, memmapped, vectors[:200], 10, settings) for index in (merged, whole))
+    got, want = (recall.search_reranked(index, memmapped, vectors[:200], 10, settings) for index in (merged, whole))
     np.testing.assert_array_equal(got[1], want[1])
     assert set(np.unique(got[1]) // 1500) == {0, 1, 2, 3}
     assert built["recall_at_10"] == reference["recall_at_10"] and built["nprobe"] == reference["nprobe"]

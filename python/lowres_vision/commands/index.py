@@ -18,7 +18,8 @@ from pathlib import Path
 
 def add_index_arguments(group) -> None:
     """The flags of a caption index build, shared with `zeroshot` (which builds one when it has none)."""
-    from ..core.ann import DEFAULT_MAX_INDEX_MEMORY, DEFAULT_RECALL_TARGET, INDEX_KINDS
+    from ..core.ann import DEFAULT_MAX_INDEX_MEMORY, INDEX_KINDS
+    from ..core.recall import DEFAULT_RECALL_TARGET
 
     group.add_argument("--caption-column", default=None, help="caption column of .csv/.tsv/.parquet corpora")
     group.add_argument("--text-encoder", default=None, help="text-to-text encoder name or path (default: bundled all-MiniLM-L6-v2)")

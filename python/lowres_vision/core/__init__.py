@@ -2,9 +2,7 @@
 and plain zero-shot classification: a caption index searched with faiss, image->text and text->text
 retrieval, and the enrichment of image and class embeddings."""
 
-from .ann import (
-    DEFAULT_MAX_INDEX_MEMORY, DEFAULT_RECALL_TARGET, INDEX_KINDS, IndexPlan, SearchSettings, parse_memory, plan_index, recall_at_k,
-)
+from .ann import DEFAULT_MAX_INDEX_MEMORY, INDEX_KINDS, IndexPlan, parse_memory, plan_index
 from .encoders import (
     DEFAULT_VLM, HFTextEncoder, OpenCLIPTextEncoder, TextEncoder, default_text_encoder, encode_images, encode_queries, load_vlm,
     tiny_clip,
@@ -16,6 +14,7 @@ from .enrich import (
 from .index import (
     DUPLICATE_COSINE, SPACES, TEXT_SPACE, VLM_SPACE, CaptionIndex, Retrieved, build_caption_index, read_captions,
 )
+from .recall import DEFAULT_RECALL_TARGET, SearchSettings, recall_at_k
 from .prompts import CORE_TEMPLATES, LITE_TEMPLATES, PROMPT_STYLES, default_templates, fill_templates
 
 DEFAULT_CAPTIONS = "lite_captions.txt"

@@ -23,7 +23,7 @@ Every search re-ranks `rerank_factor`·k candidates exactly from the memory-mapp
 the scores returned are true cosines. At build, the smallest `nprobe` (IVF) or `efSearch` (HNSW)
 per re-rank factor that reaches the recall target on held-out corpus rows (rows outside the training
 sample, each query's own row excluded) is found, and the cheapest of those settings is kept. The
-first search of an index then checks the recall of the queries really asked (`verify_search`).
+first search of an index then checks the recall of the queries really asked (`recall.verify_search`).
 """
 
 from __future__ import annotations
@@ -40,24 +40,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from .recall import DEFAULT_RECALL_TARGET, HNSW_NEIGHBOURS, ID_BYTES, tune_search
 
 INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 # Below this many vectors an exact scan is fast enough (100k x 1152 float32 is ~0.5 GB).
 EXACT_MAX_VECTORS = 100_000
 DEFAULT_MAX_INDEX_MEMORY = "4GB"
-DEFAULT_RECALL_TARGET = 0.9
-RECALL_K = 10
 TUNING_QUERIES = 1000
-# The first search of each space checks its recall on this many of its queries, by an exact scan of
-# the corpus when that is at most this many floats (4 s or so on two cores).
-VERIFY_QUERIES = 32
-VERIFY_MAX_FLOATS = 2_000_000_000
-RERANK_FACTORS = (1, 2, 4, 8)
-HNSW_NEIGHBOURS = 32
 HNSW_QUANTIZER_MIN_LISTS = 1 << 14
 # k-means wants at least 39 training points per centroid (faiss warns below).
 TRAIN_POINTS_PER_LIST = 40
-ID_BYTES = 8
 # OPQ is kept when it lowers the codes' squared error by this much on held-out rows; it is trained with
 # fewer iterations and points than faiss's defaults (50, 65536), which take minutes on two cores.
 OPQ_MIN_GAIN = 0.1
@@ -141,149 +133,6 @@ def plan_index(num_vectors: int, dim: int, kind: str = "auto", max_index_memory:
     )
 
 
-@dataclass
-class SearchSettings:
-    """How an index is searched: the IVF lists probed, the HNSW beam, and the candidates re-ranked per result."""
-
-    nprobe: int | None = None
-    ef_search: int | None = None
-    rerank_factor: int = 1
-
-    def apply(self, index) -> None:
-        import faiss
-
-        space = faiss.ParameterSpace()
-        if self.nprobe is not None:
-            space.set_index_parameter(index, "nprobe", self.nprobe)
-            if "HNSW" in _quantizer_name(index):
-                space.set_index_parameter(index, "quantizer_efSearch", max(64, 2 * self.nprobe))
-        if self.ef_search is not None:
-            space.set_index_parameter(index, "efSearch", self.ef_search)
-
-
-def _quantizer_name(index) -> str:
-    import faiss
-
-    ivf = faiss.try_extract_index_ivf(index)
-    return type(faiss.downcast_index(ivf.quantizer)).__name__ if ivf is not None else ""
-
-
-def search_reranked(index, vectors: np.ndarray, queries: np.ndarray, k: int, settings: SearchSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k by exact inner product among the index's `rerank_factor`·k candidates -> (scores, ids; -1 where none)."""
-    candidates = min(len(vectors), k * settings.rerank_factor)
-    _, ids = index.search(queries, candidates)
-    valid = ids >= 0
-    # Sorted unique rows: the memory-mapped vectors are read in file order, each once.
-    rows, inverse = np.unique(np.where(valid, ids, 0), return_inverse=True)
-    gathered = np.asarray(vectors[rows], dtype=np.float32)[inverse.reshape(ids.shape)]
-    scores = np.einsum("qd,qcd->qc", queries, gathered)
-    scores[~valid] = -np.inf
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    best_ids = np.take_along_axis(ids, order, axis=1)
-    best = np.take_along_axis(scores, order, axis=1).astype(np.float32)
-    return best, np.where(best_ids >= 0, best_ids, -1)
-
-
-def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int, *, chunk_rows: int = 65536) -> np.ndarray:
-    """[q, k] ids of the exact top-k by inner product, scanning the (memory-mapped) vectors in chunks."""
-    import faiss
-    from faiss.contrib.exhaustive_search import knn_ground_truth
-
-    chunks = (np.ascontiguousarray(vectors[start : start + chunk_rows], dtype=np.float32) for start in range(0, len(vectors), chunk_rows))
-    return knn_ground_truth(queries, chunks, k, metric_type=faiss.METRIC_INNER_PRODUCT)[1]
-
-
-def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
-    """Share of the exact top-k (rows of `exact`) that `found` returns in its top-k."""
-    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / exact.shape[1] for a, b in zip(found, exact)]))
-
-
-def _without_self(ids: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """The first k ids of each row other than the query's own row."""
-    kept = [row_ids[row_ids != row][:k] for row_ids, row in zip(ids, rows)]
-    return np.stack([np.pad(row_ids, (0, k - len(row_ids)), constant_values=-1) for row_ids in kept])
-
-
-@dataclass
-class Tuning:
-    settings: SearchSettings
-    recall: float  # 10-recall@10 on the held-out rows at `settings`
-    target: float
-    queries: int
-    tried: list = field(default_factory=list)  # (nprobe or efSearch, rerank_factor, recall) per setting measured
-
-
-def tune_search(index, vectors: np.ndarray, plan: IndexPlan, query_rows: np.ndarray, target: float = DEFAULT_RECALL_TARGET) -> Tuning:
-    """The cheapest settings reaching 10-recall@10 >= `target` on the sorted corpus rows `query_rows` (see the module docstring)."""
-    if not 0.0 < target <= 1.0:
-        raise InputError(f"recall_target must lie in (0, 1], got {target}")
-    queries = np.ascontiguousarray(vectors[query_rows], dtype=np.float32)
-    if plan.kind == "flat":
-        return Tuning(SearchSettings(), 1.0, target, len(query_rows))
-    exact = _without_self(exact_neighbours(vectors, queries, RECALL_K + 1), query_rows, RECALL_K)
-    knob, limit = ("nprobe", plan.nlist) if plan.nlist else ("ef_search", 4096)
-    start = 1 if plan.nlist else 16
-    tried, reached = [], []
-    for factor in RERANK_FACTORS:
-        value = start
-        while True:
-            settings = SearchSettings(**{knob: value}, rerank_factor=factor)
-            settings.apply(index)
-            found = _without_self(search_reranked(index, vectors, queries, RECALL_K + 1, settings)[1], query_rows, RECALL_K)
-            recall = recall_at_k(found, exact)
-            tried.append((value, factor, recall))
-            if recall >= target:
-                reached.append((settings, recall))
-                break
-            if value >= limit:
-                break
-            value = min(2 * value, limit)
-    if reached:
-        settings, recall = min(reached, key=lambda pair: _search_cost(plan, pair[0]))
-    else:
-        value, factor, recall = max(tried, key=lambda entry: entry[2])
-        settings = SearchSettings(**{knob: value}, rerank_factor=factor)
-        warnings.warn(f"the {plan.factory} index reaches 10-recall@10 {recall:.3f} at best, below the target {target}", stacklevel=2)
-    settings.apply(index)
-    return Tuning(settings, recall, target, len(query_rows), tried)
-
-
-def verify_search(index, vectors: np.ndarray, queries: np.ndarray, built: dict, settings: SearchSettings, *, where: str) -> SearchSettings:
-    """Checks 10-recall@10 of (up to VERIFY_QUERIES of) the queries actually searched, and raises `nprobe` /
-    `efSearch` until they reach the build's target: queries unlike the corpus (images across the modality
-    gap) can need more than the held-out rows did. Says so whenever it changes or cannot check anything."""
-    target = built["recall_target"]
-    if vectors.size > VERIFY_MAX_FLOATS:
-        warnings.warn(f"{where}: recall not verified on these queries (an exact scan of {len(vectors)} vectors is too long)", stacklevel=3)
-        return settings
-    sample = np.ascontiguousarray(queries[:VERIFY_QUERIES], dtype=np.float32)
-    k = min(RECALL_K, len(vectors))
-    exact = exact_neighbours(vectors, sample, k)
-    knob, limit = ("nprobe", built["nlist"]) if built["nlist"] else ("ef_search", 4096)
-    first = recall = recall_at_k(search_reranked(index, vectors, sample, k, settings)[1], exact)
-    while recall < target and getattr(settings, knob) < limit:
-        settings = SearchSettings(**{**asdict(settings), knob: min(2 * getattr(settings, knob), limit)})
-        settings.apply(index)
-        recall = recall_at_k(search_reranked(index, vectors, sample, k, settings)[1], exact)
-    if recall != first:
-        warnings.warn(
-            f"{where}: these queries reach 10-recall@10 {first:.3f} at the {knob} tuned on the corpus; "
-            f"searching with {knob} {getattr(settings, knob)} instead ({recall:.3f}, target {target})", stacklevel=3,
-        )
-    if recall < target:
-        warnings.warn(f"{where}: these queries reach 10-recall@10 {recall:.3f} at best, below the target {target}", stacklevel=3)
-    return settings
-
-
-def _search_cost(plan: IndexPlan, settings: SearchSettings) -> float:
-    """Bytes touched per query: codes scanned in the probed lists (or the HNSW beam) plus rows re-ranked."""
-    if plan.nlist:
-        scanned = settings.nprobe * plan.num_vectors / plan.nlist * (plan.code_bytes + ID_BYTES)
-    else:
-        scanned = settings.ef_search * HNSW_NEIGHBOURS * plan.code_bytes
-    return scanned + settings.rerank_factor * RECALL_K * plan.dim * 4
-
-
 def _without_opq(plan: IndexPlan) -> IndexPlan:
     return replace(plan, factory=plan.factory.split(",", 1)[1], opq=False, memory_bytes=plan.memory_bytes - plan.dim * plan.dim * 4)
 
@@ -326,66 +175,85 @@ def build_index(vectors: np.ndarray, path: Path, plan: IndexPlan, *, recall_targ
     """Builds `plan`'s index over `vectors` into `path` (+ `path`.ivfdata for IVF kinds), resuming finished shards,
     tunes its search and returns what was chosen and measured (recorded in the caption index's metadata)."""
     import faiss
-    from faiss.contrib.ondisk import merge_ondisk
 
-    started = time.perf_counter()
+    seconds = {"train": time.perf_counter()}
     num_rows, dim = vectors.shape
-    rng = np.random.default_rng(seed)
-    sample = rng.choice(num_rows, size=min(num_rows, plan.train_rows + TUNING_QUERIES), replace=False)
+    sample = np.random.default_rng(seed).choice(num_rows, size=min(num_rows, plan.train_rows + TUNING_QUERIES), replace=False)
     query_rows = np.sort(sample[: min(TUNING_QUERIES, num_rows)])
-    train_rows = np.sort(sample[len(query_rows) :]) if plan.nlist else np.empty(0, dtype=np.int64)
-    index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
     distortion = None
     if plan.nlist:
-        trained_path = path.with_name(path.name + ".trained")
-        if trained_path.is_file():
-            index = faiss.read_index(str(trained_path))
-            if plan.opq and not isinstance(index, faiss.IndexPreTransform):
-                plan = _without_opq(plan)  # the interrupted build measured that OPQ did not help
-        else:
-            sample = _rows(vectors, train_rows if len(train_rows) else query_rows, chunk_rows)
-            if plan.opq:
-                rotation, distortion = _rotation_if_it_helps(sample, plan.code_bytes)
-                if rotation is None:
-                    plan = _without_opq(plan)
-                    index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
-                else:  # the rotation trained for the check is the index's
-                    index = faiss.IndexPreTransform(rotation, faiss.index_factory(dim, plan.factory.split(",", 1)[1], faiss.METRIC_INNER_PRODUCT))
-            index.train(sample)
-            _write_index(index, trained_path)
-        shard_paths = []
-        for shard, start in enumerate(tqdm(range(0, num_rows, shard_rows), desc=f"indexing {path.stem} shards", unit="shard")):
-            shard_path = path.with_name(f"{path.name}.shard{shard:05d}")
-            shard_paths.append(shard_path)
-            if shard_path.is_file():
-                continue  # finished before an interruption
-            part = faiss.read_index(str(trained_path))
-            for chunk in range(start, min(start + shard_rows, num_rows), chunk_rows):
-                stop = min(chunk + chunk_rows, start + shard_rows, num_rows)
-                part.add_with_ids(np.ascontiguousarray(vectors[chunk:stop], dtype=np.float32), np.arange(chunk, stop, dtype=np.int64))
-            _write_index(part, shard_path)
-        ivfdata = path.with_name(path.name + ".ivfdata")
-        ivfdata.unlink(missing_ok=True)
-        index = faiss.read_index(str(trained_path))
-        merge_ondisk(index, [str(p) for p in shard_paths], str(ivfdata))
-        _write_index(index, path)
-        for temporary in (*shard_paths, trained_path):
-            temporary.unlink()
-        index = read_index(path)
+        train_rows = np.sort(sample[len(query_rows) :])
+        plan, distortion = _train(vectors, train_rows if len(train_rows) else query_rows, path.with_name(path.name + ".trained"), plan, chunk_rows)
+        seconds["add"] = time.perf_counter()
+        index = _add_shards_and_merge(vectors, path, shard_rows, chunk_rows)
     else:
+        index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
+        seconds["add"] = time.perf_counter()
         for start in tqdm(range(0, num_rows, chunk_rows), desc=f"indexing {path.stem}", unit="chunk", disable=num_rows <= chunk_rows):
             index.add(np.ascontiguousarray(vectors[start : start + chunk_rows], dtype=np.float32))
         _write_index(index, path)
-    built = time.perf_counter() - started
+    seconds["tune"] = time.perf_counter()
     np.save(tuning_rows_path(path), query_rows)
     tuning = tune_search(index, vectors, plan, query_rows, recall_target)
+    seconds["end"] = time.perf_counter()
+    steps = list(seconds)
     return {
         **{key: value for key, value in asdict(plan).items() if key not in ("num_vectors", "dim")},
         **asdict(tuning.settings),
         "recall_at_10": tuning.recall, "recall_target": tuning.target, "tuning_queries": tuning.queries,
-        "tuning": [list(entry) for entry in tuning.tried], "build_seconds": round(built, 2),
+        "tuning": [list(entry) for entry in tuning.tried],
+        "seconds": {step: round(seconds[following] - seconds[step], 2) for step, following in zip(steps, steps[1:])},
         "pq_distortion": distortion,  # {"plain", "opq"}: mean squared error of the codes on held-out sample rows
     }
+
+
+def _train(vectors: np.ndarray, rows: np.ndarray, trained_path: Path, plan: IndexPlan, chunk_rows: int):
+    """Trains the plan's IVF index on `rows` into `trained_path` (or reads it back) -> (plan, OPQ distortions or None)."""
+    import faiss
+
+    if trained_path.is_file():
+        if plan.opq and not isinstance(faiss.read_index(str(trained_path)), faiss.IndexPreTransform):
+            plan = _without_opq(plan)  # the interrupted build measured that OPQ did not help
+        return plan, None
+    sample = _rows(vectors, rows, chunk_rows)
+    rotation, distortion = _rotation_if_it_helps(sample, plan.code_bytes) if plan.opq else (None, None)
+    if plan.opq and rotation is None:
+        plan = _without_opq(plan)
+    if rotation is None:
+        index = faiss.index_factory(plan.dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
+    else:  # the rotation trained for the check is the index's
+        index = faiss.IndexPreTransform(rotation, faiss.index_factory(plan.dim, plan.factory.split(",", 1)[1], faiss.METRIC_INNER_PRODUCT))
+    index.train(sample)
+    _write_index(index, trained_path)
+    return plan, distortion
+
+
+def _add_shards_and_merge(vectors: np.ndarray, path: Path, shard_rows: int, chunk_rows: int):
+    """Adds each shard of rows to a copy of the trained index, written to its own file (kept across a kill),
+    then merges the shards' inverted lists on disk into `path`.ivfdata; returns the merged index, memory-mapped."""
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    trained_path = path.with_name(path.name + ".trained")
+    num_rows = len(vectors)
+    shard_paths = []
+    for shard, start in enumerate(tqdm(range(0, num_rows, shard_rows), desc=f"indexing {path.stem} shards", unit="shard")):
+        shard_paths.append(path.with_name(f"{path.name}.shard{shard:05d}"))
+        if shard_paths[-1].is_file():
+            continue  # finished before an interruption
+        part = faiss.read_index(str(trained_path))
+        for chunk in range(start, min(start + shard_rows, num_rows), chunk_rows):
+            stop = min(chunk + chunk_rows, start + shard_rows, num_rows)
+            part.add_with_ids(np.ascontiguousarray(vectors[chunk:stop], dtype=np.float32), np.arange(chunk, stop, dtype=np.int64))
+        _write_index(part, shard_paths[-1])
+    ivfdata = path.with_name(path.name + ".ivfdata")
+    ivfdata.unlink(missing_ok=True)
+    index = faiss.read_index(str(trained_path))
+    merge_ondisk(index, [str(p) for p in shard_paths], str(ivfdata))
+    _write_index(index, path)
+    for temporary in (*shard_paths, trained_path):
+        temporary.unlink()
+    return read_index(path)
 
 
 def tuning_rows_path(path: Path) -> Path:

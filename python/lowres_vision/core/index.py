@@ -30,10 +30,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .ann import (
-    DEFAULT_MAX_INDEX_MEMORY, DEFAULT_RECALL_TARGET, INDEX_KINDS, SearchSettings, build_index, parse_memory, plan_index, read_index,
-    search_reranked, verify_search,
-)
+from .ann import DEFAULT_MAX_INDEX_MEMORY, INDEX_KINDS, build_index, parse_memory, plan_index, read_index
+from .recall import DEFAULT_RECALL_TARGET, SearchSettings, search_reranked, verify_search
 from .encoders import TextEncoder
 from .shards import (
     DEFAULT_SHARD_ROWS, create_exclusively, embed_shards, rank_and_world, shard_ranges, shards_done, wait_until, write_json_atomically,
@@ -213,7 +211,7 @@ class CaptionIndex:
     def load(cls, directory: Path | str, *, nprobe: int | None = None, ef_search: int | None = None,
              rerank_factor: int | None = None) -> "CaptionIndex":
         """Opens an index searched with the settings tuned at build (raised by the first search if its queries
-        need more, see `ann.verify_search`); `nprobe` (IVF), `ef_search` (HNSW) and `rerank_factor` (candidates
+        need more, see `recall.verify_search`); `nprobe` (IVF), `ef_search` (HNSW) and `rerank_factor` (candidates
         re-ranked exactly per result) replace them as given, with a warning when below."""
         directory = Path(directory)
         meta_path = directory / "meta.json"
