@@ -1,6 +1,6 @@
 """Prompt templates for zero-shot classification and for CoRE's class-name -> caption retrieval.
 
-Paper 001 finds a domain-specific prompt best for the zero-shot weights and a generic one best
+The CoRE paper (arXiv:2411.00988) finds a domain-specific prompt best for the zero-shot weights and a generic one best
 for text-to-text retrieval; the LITE release's own zero-shot prompt is `a circuit diagram of {name}`.
 """
 
