@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 
+def temporary_path(path: Path) -> Path:
+    """A hidden sibling of `path` that no other process or thread writes (ranks may write the same file)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+
+
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Writes through `write(tmp)`, syncs, then renames over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_path(path)
     try:
         write(tmp)
         with open(tmp, "rb+") as handle:
@@ -24,8 +30,12 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def write_text(path: Path, text: str) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def write_json(path: Path, value: Any) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2, default=str) + "\n"))
+    write_text(path, json.dumps(value, indent=2, default=str) + "\n")
 
 
 def write_npz(path: Path, arrays: dict[str, Any]) -> None:

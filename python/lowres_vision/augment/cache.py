@@ -22,6 +22,8 @@ from typing import Iterable, Sequence, TypeVar
 
 from PIL import Image
 
+from ..atomic_files import write_atomic, write_text
+
 KINDS = ("preserving", "breaking", "partner", "genie")
 MANIFEST = "manifest.jsonl"
 Item = TypeVar("Item")
@@ -61,24 +63,10 @@ def is_valid_image(path: Path) -> bool:
     return True
 
 
-def write_image_atomic(image: Image.Image, path: Path, *, tag: str = "") -> None:
+def write_image_atomic(image: Image.Image, path: Path) -> None:
     """Writes `image` as PNG so that `path` is either absent or complete, never partial."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{tag or os.getpid()}.tmp")
-    with open(temporary, "wb") as file:
-        image.save(file, format="PNG")
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+    write_atomic(path, lambda temporary: image.save(temporary, format="PNG"))
 
 
 def shard(items: Sequence[Item], rank: int, world_size: int) -> list[Item]:
@@ -134,7 +122,7 @@ class Manifest:
                     entries[entry["key"]] = entry
         if len(entries) != len(lines):
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(path, "".join(json.dumps(entry) + "\n" for entry in entries.values()))
+            write_text(path, "".join(json.dumps(entry) + "\n" for entry in entries.values()))
         return cls(path, entries)
 
     def __contains__(self, key: str) -> bool:
@@ -177,5 +165,5 @@ def merge_manifests(root: Path | str) -> Path:
     for path in sources:
         if path.exists():
             entries.update(Manifest.open(path).entries)
-    write_text_atomic(root / MANIFEST, "".join(json.dumps(entry) + "\n" for entry in link_partners(entries.values())))
+    write_text(root / MANIFEST, "".join(json.dumps(entry) + "\n" for entry in link_partners(entries.values())))
     return root / MANIFEST

@@ -197,7 +197,7 @@ class Augmenter:
                     batch = group[start:start + self.cfg.batch_size]
                     for job, image in zip(batch, self.generate(batch)):
                         key = self.key(job)
-                        write_image_atomic(image, self.path(key), tag=f"rank{self.rank}")
+                        write_image_atomic(image, self.path(key))
                         self.generated += 1
                         if job.record:
                             self.manifest.append(self.entry(job, key))

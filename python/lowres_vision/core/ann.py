@@ -29,16 +29,15 @@ first search of an index then checks the recall of the queries really asked (`re
 from __future__ import annotations
 
 import math
-import os
 import re
 import time
-import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..atomic_files import write_atomic
 from ..errors import InputError
 from .recall import DEFAULT_RECALL_TARGET, HNSW_NEIGHBOURS, ID_BYTES, tune_search
 
@@ -160,9 +159,7 @@ def _rotation_if_it_helps(sample: np.ndarray, code_bytes: int):
 def _write_index(index, path: Path) -> None:
     import faiss
 
-    temporary = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(temporary))
-    os.replace(temporary, path)
+    write_atomic(path, lambda temporary: faiss.write_index(index, str(temporary)))
 
 
 def _rows(vectors: np.ndarray, rows: np.ndarray, chunk_rows: int) -> np.ndarray:

@@ -29,12 +29,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..atomic_files import write_json
 from ..errors import InputError
 from .ann import DEFAULT_MAX_INDEX_MEMORY, INDEX_KINDS, build_index, parse_memory, plan_index, read_index
 from .recall import DEFAULT_RECALL_TARGET, SearchSettings, search_reranked, verify_search
 from .encoders import TextEncoder
 from .shards import (
-    DEFAULT_SHARD_ROWS, create_exclusively, embed_shards, rank_and_world, shard_ranges, shards_done, wait_until, write_json_atomically,
+    DEFAULT_SHARD_ROWS, create_exclusively, embed_shards, rank_and_world, shard_ranges, shards_done, wait_until,
 )
 
 VLM_SPACE = "vlm"
@@ -160,7 +161,7 @@ def _index_spaces(directory: Path, meta: dict) -> None:
         vectors = np.load(directory / f"{space}.npy", mmap_mode="r")
         plan = plan_index(*vectors.shape, meta["index_kind"], meta["max_index_memory"])
         indices[space] = build_index(vectors, directory / f"{space}.faiss", plan, recall_target=meta["recall_target"], shard_rows=meta["shard_rows"])
-    write_json_atomically(directory / "meta.json", {**meta, "indices": indices, "complete": True})
+    write_json(directory / "meta.json", {**meta, "indices": indices, "complete": True})
 
 
 class CaptionLines(Sequence[str]):

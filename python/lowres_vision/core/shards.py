@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -20,6 +19,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..atomic_files import temporary_path, write_json
 from ..errors import InputError
 
 DEFAULT_SHARD_ROWS = 1_000_000
@@ -35,22 +35,11 @@ def rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-def _temporary(path: Path) -> Path:
-    """A sibling name no other process or thread writes."""
-    return path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-
-
-def write_json_atomically(path: Path, payload: dict) -> None:
-    temporary = _temporary(path)
-    temporary.write_text(json.dumps(payload, indent=2))
-    os.replace(temporary, path)
-
-
 def create_exclusively(path: Path, write: Callable[[Path], None]) -> bool:
     """Writes `path` through `write(temporary)` unless it exists; True if this call created it."""
     if path.exists():
         return False
-    temporary = _temporary(path)
+    temporary = temporary_path(path)
     write(temporary)
     try:
         os.link(temporary, path)  # atomic, and fails if another rank got there first
@@ -108,7 +97,7 @@ def embed_shards(captions: Sequence[str], directory: Path, encoders: Mapping, *,
                         )
                     arrays[space][start : start + len(batch)] = embeddings
                     arrays[space].flush()
-                write_json_atomically(_progress_path(directory, shard), {"rows_done": start + len(batch) - rows.start})
+                write_json(_progress_path(directory, shard), {"rows_done": start + len(batch) - rows.start})
                 progress.update(len(batch))
 
 
