@@ -22,9 +22,9 @@ from typing import Optional
 
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, check_device
 from ..atomic_files import write_atomic, write_json
-from ..training.run_directory import save_tensors
+from ..training.run_directory import save_tensors, truncate_log
 from .data import CaptionedCorpus, StepBatchSampler
 from .evaluate import evaluate_heldout
 
@@ -84,9 +84,7 @@ class PretrainConfig:
         return self
 
     def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return check_device(self.device)
 
     def model_config(self) -> dict:
         """The open_clip model config (`open_clip.model.CLIP(**model_config)`)."""
@@ -145,14 +143,6 @@ def _check_out(cfg: PretrainConfig, out: Path) -> Optional[dict]:
     return state
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Keeps the log lines of steps before `step` (a resumed run rewrites what followed its checkpoint)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < step]
-    write_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
-
-
 def pretrain(cfg: PretrainConfig) -> dict:
     """Trains the CLIP of `cfg` and writes the run directory; returns the held-out metrics."""
     import open_clip
@@ -191,7 +181,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "pretrain_config.json", asdict(cfg))
-        _truncate_log(log_path, start_step)
+        truncate_log(log_path, start_step - 1)  # records are numbered by the 0-based step they log
 
     def save_state(step: int) -> None:
         write_atomic(out / STATE_FILE, lambda tmp: torch.save(
