@@ -267,10 +267,16 @@ def test_approximate_index_recall_against_flat(tmp_path, kind):
 
 
 def test_clear_errors_for_empty_corpus_and_mismatched_widths(tmp_path):
+    from lowres_vision.core import CaptionFiles
+
+    encoders = {"vlm_encoder": LookupEncoder([], 8, seed=0), "text_encoder": LookupEncoder([], 6, seed=1)}
     with pytest.raises(ValueError, match="caption corpus is empty"):
-        build_caption_index([], tmp_path / "empty", vlm_encoder=None, text_encoder=None)
+        build_caption_index([], tmp_path / "empty", **encoders)
     (tmp_path / "blank.txt").write_text("\n   \n")
     assert read_captions(tmp_path / "blank.txt") == []
+    with pytest.raises(ValueError, match="caption corpus is empty"):
+        build_caption_index(CaptionFiles((tmp_path / "blank.txt",)), tmp_path / "empty", **encoders)
+    assert [path.name for path in (tmp_path / "empty").iterdir()] == [".captions.lock"]  # nothing written
 
     captions = make_captions(12)
     index, _, _ = build(tmp_path, captions, batch_size=4)

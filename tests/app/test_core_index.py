@@ -243,3 +243,149 @@ def test_index_command_embeds_several_corpus_files_in_shards(tmp_path):
     assert sorted(path.name for path in (out / "progress").iterdir()) == ["00000.json", "00001.json"]
     assert [shards.rows_done(out, shard) for shard in (0, 1)] == [3, 1]
     assert index.meta["shard_rows"] == 3 and index.meta["indices"][VLM_SPACE]["kind"] == "flat"
+
+
+def write_corpus_files(root):
+    """The same seven captions over a text, a CSV and a Parquet file (two row groups), with the blanks, stray
+    whitespace, quoted newlines and nulls that reading drops or collapses; and those captions, written out."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (root / "a.txt").write_text("a red  gear\n\n  an old map\u2028of a harbour \n")
+    (root / "b.csv").write_text('id,caption\n1,"a circuit,\nwith an LED"\n2,\n3,   \n4,a bolt\n')
+    pq.write_table(pa.table({"caption": ["one", None, " two  words ", "three"]}), root / "c.parquet", row_group_size=2)
+    return ["a red gear", "an old map", "of a harbour", "a circuit, with an LED", "a bolt", "one", "two words", "three"]
+
+
+def test_streamed_corpus_files_build_the_index_the_in_memory_list_does(tmp_path, monkeypatch):
+    import hashlib
+
+    from lowres_vision.core import CaptionFiles, corpus
+
+    monkeypatch.setattr(corpus, "PARQUET_BATCH_ROWS", 1)  # one record batch per row
+    expected = write_corpus_files(tmp_path)
+    files = CaptionFiles((tmp_path / "a.txt", tmp_path / "b.csv", tmp_path / "c.parquet"), column="caption")
+    assert list(files) == expected
+    def encoders():
+        return {"vlm_encoder": LookupEncoder(expected, 8, seed=0), "text_encoder": LookupEncoder(expected, 6, seed=1)}
+
+    streamed = build_caption_index(files, tmp_path / "streamed", batch_size=3, shard_rows=5, **encoders())
+    in_memory = build_caption_index(expected, tmp_path / "in-memory", batch_size=3, shard_rows=5, **encoders())
+
+    # The fingerprint is the one a list of these captions always had: SHA-256 of each caption and a newline.
+    fingerprint = hashlib.sha256("".join(caption + "\n" for caption in expected).encode()).hexdigest()
+    assert streamed.meta["fingerprint"] == in_memory.meta["fingerprint"] == fingerprint and streamed.meta["num_captions"] == 8
+    assert list(streamed.captions) == list(in_memory.captions) == expected
+    assert (tmp_path / "streamed" / "captions.txt").read_bytes() == (tmp_path / "in-memory" / "captions.txt").read_bytes()
+    for space in (VLM_SPACE, TEXT_SPACE):
+        np.testing.assert_array_equal(streamed.embeddings(space), in_memory.embeddings(space))
+    # The directory is reused for the same captions, whichever way they come, and refused for others.
+    again = LookupEncoder(expected, 8, seed=0)
+    build_caption_index(expected, tmp_path / "streamed", vlm_encoder=again, text_encoder=LookupEncoder(expected, 6, seed=1))
+    assert again.calls == 0  # finished: batch and shard sizes no longer matter, even to re-index it
+    hnsw = build_caption_index(expected, tmp_path / "streamed", vlm_encoder=again, text_encoder=LookupEncoder(expected, 6, seed=1),
+                               index_kind="hnsw", shard_rows=2)
+    assert again.calls == 0 and hnsw.meta["indices"][VLM_SPACE]["kind"] == "hnsw" and hnsw.meta["shard_rows"] == 5
+    with pytest.raises(ValueError, match="another fingerprint"):
+        build_caption_index(CaptionFiles((tmp_path / "a.txt",)), tmp_path / "streamed", **encoders())
+    with pytest.raises(ValueError, match=r"caption 1 holds a newline \('b\\nc'\)"):
+        build_caption_index(["a", "b\nc"], tmp_path / "newline", **encoders())
+    with pytest.raises(ValueError, match=r"c\.parquet: no column 'text' \(columns: \['caption'\]\)"):
+        CaptionFiles((tmp_path / "a.txt", tmp_path / "c.parquet"), column="text")
+
+
+def test_streaming_holds_line_ends_not_captions(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from lowres_vision.core import CaptionFiles, corpus
+
+    monkeypatch.setattr(corpus, "OFFSET_CHUNK_BYTES", 1 << 18)
+    count = 100_000
+    (tmp_path / "big.txt").write_text("".join(f"caption {i:06d} of a synthetic corpus, padded to some length\n" for i in range(count)))
+    size = (tmp_path / "big.txt").stat().st_size  # 6.4 MB; as a list of str about 14 MB
+    tracemalloc.start()
+    try:
+        _, written = corpus.stream_corpus(CaptionFiles((tmp_path / "big.txt",)), tmp_path / "captions.txt")
+        _, streaming_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        lines = corpus.CaptionLines(tmp_path / "captions.txt")
+        _, lines_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert written == len(lines) == count and lines[count - 1] == f"caption {count - 1:06d} of a synthetic corpus, padded to some length"
+    assert streaming_peak < size / 20
+    # The int64 line ends (0.8 MB), their chunks as they are concatenated, and one 256 KB chunk of the file compared.
+    assert lines_peak < 2 * 8 * count + 2 * (1 << 18)
+
+
+class KilledCorpus(list):
+    """Yields its first `killed_after` captions, then is killed."""
+
+    killed_after = 3
+
+    def __iter__(self):
+        yield from self[: self.killed_after]
+        raise KeyboardInterrupt("simulated kill")
+
+
+def test_a_killed_captions_writer_leaves_nothing_taken_for_a_finished_corpus(tmp_path, monkeypatch):
+    import fcntl
+
+    captions = make_captions(10)
+    def encoders():
+        return {"vlm_encoder": LookupEncoder(captions, 8, seed=0), "text_encoder": LookupEncoder(captions, 6, seed=1)}
+
+    directory = tmp_path / "index"
+    with pytest.raises(KeyboardInterrupt):
+        build_caption_index(KilledCorpus(captions), directory, **encoders())
+    assert sorted(path.name for path in directory.iterdir()) == [".captions.lock"]  # neither captions.txt nor its metadata
+    # A writer killed harder (SIGKILL) leaves its partial temporary file. While a writer holds the lock the other
+    # ranks wait, whatever temporary files they see ...
+    partial = directory / ".captions.txt.4242-1.tmp"
+    partial.write_text("".join(caption + "\n" for caption in captions[:3]))
+    waited = []
+
+    def wait_once(ready, what):
+        waited.append((what, ready()))
+        raise TimeoutError("stop waiting")
+
+    with open(directory / ".captions.lock") as lock, monkeypatch.context() as patched:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        patched.setattr(shards, "wait_until", wait_once)
+        with pytest.raises(TimeoutError):
+            build_caption_index(captions, directory, rank=1, world_size=2, **encoders())
+    assert waited == [("another rank writing captions.txt", False)] and not (directory / "captions.txt").exists()
+    # ... and once the lock is free (the system frees a killed holder's), the next rank deletes the partial file and
+    # writes the whole corpus.
+    index = build_caption_index(captions, directory, **encoders())
+    assert list(index.captions) == captions and not partial.exists()
+    reference = build_caption_index(captions, tmp_path / "reference", **encoders())
+    assert index.meta["fingerprint"] == reference.meta["fingerprint"]
+    np.testing.assert_array_equal(index.embeddings(VLM_SPACE), reference.embeddings(VLM_SPACE))
+
+
+def test_zeroshot_searches_an_index_built_by_the_index_command(tmp_path, capsys):
+    import json
+
+    from test_core import write_tiny_circuits
+
+    from lowres_vision.cli import main
+
+    (tmp_path / "a.txt").write_text("an amplifier circuit\na map of a harbour\n")
+    (tmp_path / "b.csv").write_text("caption\na power supply schematic\nan LED driver\na gear\n")
+    out = tmp_path / "idx"
+    assert main(["index", "--captions", str(tmp_path / "a.txt"), str(tmp_path / "b.csv"), "--caption-column", "caption",
+                 "--out", str(out), "--tiny", "--shard-rows", "2", "--caption-batch-size", "2"]) == 0
+    write_tiny_circuits(tmp_path / "lite")
+    common = ["zeroshot", "--task", "circuits", "--data-root", str(tmp_path / "lite"), "--tiny", "--method", "core", "--k", "2",
+              "--index-dir", str(out)]
+    # Without --captions the index's own corpus is searched: nothing is embedded again (other batch and shard sizes).
+    embeddings_before = np.load(out / "vlm.npy")
+    assert main([*common, "--out", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["captions"] == 5
+    assert metrics["class_captions"]["LED driver"][0] == "an LED driver"  # MiniLM text->text retrieval over the index
+    np.testing.assert_array_equal(np.load(out / "vlm.npy"), embeddings_before)
+    # Another corpus is refused in one line.
+    assert main([*common, "--captions", str(tmp_path / "b.csv"), "--caption-column", "caption", "--out", str(tmp_path / "other")]) == 2
+    assert "holds an index built with another fingerprint" in capsys.readouterr().err.strip().splitlines()[-1]

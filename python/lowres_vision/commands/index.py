@@ -71,22 +71,14 @@ def run_index(args: argparse.Namespace) -> int:
 
     from lowres_vision import core
     from lowres_vision.config import check_device
-    from lowres_vision.errors import InputError
 
     device = torch.device(check_device(args.device))
-    captions = []
-    for path in args.captions:
-        try:
-            captions += core.read_captions(path, column=args.caption_column)
-        except ValueError as error:
-            raise InputError(str(error)) from error
-    if not captions:
-        raise InputError(f"--captions {' '.join(map(str, args.captions))}: the corpus holds no captions")
+    corpus = core.CaptionFiles(tuple(args.captions), column=args.caption_column)  # streamed into OUT/captions.txt
     _, _, vlm_encoder = core.load_vlm(
         args.model or core.DEFAULT_VLM, args.pretrained, tiny=args.tiny, checkpoint=args.checkpoint, seed=args.seed, device=device
     )
     index = core.build_caption_index(
-        captions, args.out, vlm_encoder=vlm_encoder, text_encoder=open_text_encoder(args, device), batch_size=args.caption_batch_size,
+        corpus, args.out, vlm_encoder=vlm_encoder, text_encoder=open_text_encoder(args, device), batch_size=args.caption_batch_size,
         index_kind=args.index_kind, max_index_memory=args.max_index_memory, recall_target=args.recall_target,
         shard_rows=args.shard_rows, rank=args.rank, world_size=args.world_size,
     )

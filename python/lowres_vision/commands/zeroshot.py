@@ -43,8 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prompts.add_argument("--template", action="append", default=None, help="zero-shot template with one {} (repeatable; templates are averaged)")
     prompts.add_argument("--retrieval-template", default=None, help="template of the class-name -> caption query")
     core = parser.add_argument_group("CoRE")
-    core.add_argument("--captions", type=Path, default=None, help="caption corpus: .txt (one per line), .csv/.tsv/.parquet with --caption-column (default: the shipped corpus)")
-    core.add_argument("--index-dir", type=Path, default=None, help="caption index directory, reused and resumed (default OUT/caption_index)")
+    core.add_argument("--captions", type=Path, default=None, help="caption corpus: .txt (one per line), .csv/.tsv/.parquet with --caption-column "
+                                                                             "(default: the corpus of --index-dir, else the shipped one)")
+    core.add_argument("--index-dir", type=Path, default=None, help="caption index directory, reused and resumed (default OUT/caption_index); "
+                                                                       "without --captions, its own corpus is searched")
     add_index_arguments(core)
     core.add_argument("--alpha", type=float, default=0.2)
     core.add_argument("--beta", type=float, default=0.5)
@@ -94,29 +96,41 @@ def _checked_core_inputs(args):
         raise InputError(str(error)) from error
     if args.method != "core":
         return None, None
-    corpus = args.captions or core.default_captions_path()
     try:
         config = core.CoREConfig(
             k=args.k, alpha=args.alpha, beta=args.beta, image_temperature=args.image_temperature,
             text_temperature=args.text_temperature, formula=args.formula,
             duplicate_threshold=_duplicate_threshold(args.duplicate_threshold),
         )
-        captions = core.read_captions(corpus, column=args.caption_column)
+        corpus = _corpus(args)
     except ValueError as error:  # the core checks name the setting; here it becomes a user error
         raise InputError(str(error)) from error
-    if not captions:
-        raise InputError(f"--captions {corpus}: the caption corpus holds no captions")
-    return config, captions
+    if next(iter(corpus), None) is None:  # reads up to the first caption only
+        raise InputError(f"--captions {args.captions or core.default_captions_path()}: the caption corpus holds no captions")
+    return config, corpus
 
 
-def _open_core(args, config, captions, vlm_encoder, device):
+def _corpus(args):
+    """--captions, streamed from its file; else the corpus of --index-dir when it holds one (an index built by
+    `lowres-vision index` is used without its corpus files); else the shipped corpus."""
+    from lowres_vision import core
+    from lowres_vision.core.corpus import CaptionLines
+
+    if args.captions is not None:
+        return core.CaptionFiles((args.captions,), column=args.caption_column)
+    if args.index_dir is not None and (args.index_dir / "captions.txt").is_file():
+        return CaptionLines(args.index_dir / "captions.txt")
+    return core.CaptionFiles((core.default_captions_path(),))
+
+
+def _open_core(args, config, corpus, vlm_encoder, device):
     from lowres_vision import core
 
     from .index import open_text_encoder
 
     text_encoder = open_text_encoder(args, device)
     index = core.build_caption_index(
-        captions, args.index_dir or args.out / "caption_index",
+        corpus, args.index_dir or args.out / "caption_index",
         vlm_encoder=vlm_encoder, text_encoder=text_encoder, batch_size=args.caption_batch_size, index_kind=args.index_kind,
         max_index_memory=args.max_index_memory, recall_target=args.recall_target,
     )

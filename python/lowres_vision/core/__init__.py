@@ -11,9 +11,8 @@ from .enrich import (
     DEFAULT_TEMPERATURES, FORMULAS, TUNING_GRID, CoRE, CoREConfig, EnrichedClasses, EnrichedQueries, TuningResult, enrich_class_weights, enrich_queries,
     enriched_logits, tune_alpha_beta, weighted_caption_embedding, zero_shot_weights,
 )
-from .index import (
-    DUPLICATE_COSINE, SPACES, TEXT_SPACE, VLM_SPACE, CaptionIndex, Retrieved, build_caption_index, read_captions,
-)
+from .corpus import CaptionFiles, iter_captions, read_captions
+from .index import DUPLICATE_COSINE, SPACES, TEXT_SPACE, VLM_SPACE, CaptionIndex, Retrieved, build_caption_index
 from .recall import DEFAULT_RECALL_TARGET, SearchSettings, recall_at_k
 from .prompts import CORE_TEMPLATES, LITE_TEMPLATES, PROMPT_STYLES, default_templates, fill_templates
 
@@ -28,11 +27,11 @@ def default_captions_path():
 
 
 __all__ = [
-    "CORE_TEMPLATES", "CaptionIndex", "CoRE", "CoREConfig", "DEFAULT_CAPTIONS", "DEFAULT_MAX_INDEX_MEMORY", "DEFAULT_RECALL_TARGET",
+    "CORE_TEMPLATES", "CaptionFiles", "CaptionIndex", "CoRE", "CoREConfig", "DEFAULT_CAPTIONS", "DEFAULT_MAX_INDEX_MEMORY", "DEFAULT_RECALL_TARGET",
     "DEFAULT_TEMPERATURES", "DEFAULT_VLM", "DUPLICATE_COSINE",
     "EnrichedClasses", "EnrichedQueries", "FORMULAS", "HFTextEncoder", "INDEX_KINDS", "IndexPlan", "LITE_TEMPLATES", "OpenCLIPTextEncoder",
     "PROMPT_STYLES", "Retrieved", "SPACES", "SearchSettings", "TEXT_SPACE", "TUNING_GRID", "TextEncoder", "TuningResult", "VLM_SPACE", "build_caption_index",
     "default_captions_path", "default_templates", "default_text_encoder", "encode_images", "encode_queries",
-    "enrich_class_weights", "enrich_queries", "enriched_logits", "fill_templates", "load_vlm", "parse_memory", "plan_index", "read_captions", "recall_at_k", "tiny_clip",
+    "enrich_class_weights", "enrich_queries", "enriched_logits", "fill_templates", "iter_captions", "load_vlm", "parse_memory", "plan_index", "read_captions", "recall_at_k", "tiny_clip",
     "tune_alpha_beta", "weighted_caption_embedding", "zero_shot_weights",
 ]

@@ -2,7 +2,8 @@
 
 Layout of an index directory:
 
-    captions.txt          one caption per line (the corpus, newlines inside captions replaced by spaces)
+    captions.txt          one caption per line: the corpus, streamed in once by the first rank (`corpus`) under
+                          .captions.lock; its SHA-256 is the fingerprint in meta.json
     meta.json             corpus fingerprint, encoder names, batch and shard sizes, index settings; once
                           complete, per space the index chosen, its tuned search settings and measured recall
     progress/<shard>.json rows of each shard embedded so far (the resume point of an interrupted build)
@@ -18,9 +19,8 @@ the index is chosen under a memory budget, built shard by shard and tuned to a r
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +29,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..atomic_files import write_json
+from ..atomic_files import temporary_path, write_json
 from ..errors import InputError
 from .ann import DEFAULT_MAX_INDEX_MEMORY, INDEX_KINDS, build_index, parse_memory, plan_index, read_index
-from .recall import DEFAULT_RECALL_TARGET, SearchSettings, search_reranked, verify_search
+from .corpus import CaptionFiles, CaptionLines, stream_corpus
 from .encoders import TextEncoder
+from .recall import DEFAULT_RECALL_TARGET, SearchSettings, search_reranked, verify_search
 from .shards import (
-    DEFAULT_SHARD_ROWS, create_exclusively, embed_shards, rank_and_world, shard_ranges, shards_done, wait_until,
+    DEFAULT_SHARD_ROWS, create_exclusively, embed_shards, holding_lock, rank_and_world, shard_ranges, shards_done, wait_until,
 )
 
 VLM_SPACE = "vlm"
@@ -43,47 +44,12 @@ TEXT_SPACE = "text"
 SPACES = (VLM_SPACE, TEXT_SPACE)
 # Release: near-duplicate captions among the k retrieved ones are dropped above this cosine.
 DUPLICATE_COSINE = 0.94
-
-
-def read_captions(path: Path | str, *, column: str | None = None) -> list[str]:
-    """A caption corpus: a text file with one caption per line, or a column of a CSV or Parquet file.
-
-    Blank captions are dropped; newlines inside a caption become spaces (the index stores one per line).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"caption corpus {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv", ".parquet"):
-        if column is None:
-            raise ValueError(f"caption corpus {path}: pass column= to name the caption column of a {suffix} file")
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path, columns=[column])
-            texts = [str(value) for value in table.column(column).to_pylist() if value is not None]
-        else:
-            with path.open(newline="", encoding="utf-8") as file:
-                reader = csv.DictReader(file, delimiter="\t" if suffix == ".tsv" else ",")
-                if reader.fieldnames is None or column not in reader.fieldnames:
-                    raise ValueError(f"caption corpus {path}: no column {column!r} (columns: {reader.fieldnames})")
-                texts = [row[column] or "" for row in reader]
-    else:
-        texts = path.read_text(encoding="utf-8").splitlines()
-    captions = [" ".join(text.split()) for text in texts]
-    return [caption for caption in captions if caption]
-
-
-def _fingerprint(captions: Sequence[str]) -> str:
-    digest = hashlib.sha256()
-    for caption in captions:
-        digest.update(caption.encode("utf-8"))
-        digest.update(b"\n")
-    return digest.hexdigest()
+# What a finished index must share with a build asked of it to be reused; batch and shard sizes no longer matter.
+FINISHED_INDEX_KEYS = ("fingerprint", "num_captions", "encoders")
 
 
 def build_caption_index(
-    captions: Sequence[str],
+    corpus: Sequence[str] | CaptionFiles,
     directory: Path | str,
     *,
     vlm_encoder: TextEncoder,
@@ -96,18 +62,19 @@ def build_caption_index(
     rank: int | None = None,
     world_size: int | None = None,
 ) -> "CaptionIndex":
-    """Embeds `captions` with both encoders into `directory` and builds the faiss indices.
+    """Embeds the captions of `corpus` with both encoders into `directory` and builds the faiss indices.
 
+    `corpus` is a list of captions (kept as given) or `CaptionFiles`, streamed from disk (normalised as
+    `read_captions` does). Either is written once into `directory`/captions.txt and embedded from there,
+    memory-mapped, so a corpus of any size is never held as Python strings.
     `index_kind="auto"` searches exactly up to 100k captions and with a product-quantised IVF index
     sized to `max_index_memory` above; its search is tuned to 10-recall@10 >= `recall_target` (see
     `ann`). Re-running on a directory that holds an unfinished build of the same corpus and encoders
     continues after the last completed batch of each shard; a finished one is loaded (and re-indexed
-    from its stored embeddings when other index settings are asked for). With several ranks each
-    embeds its shards, rank 0 waits for all of them and builds the index, and every rank returns it.
+    from its stored embeddings when other index settings are asked for). With several ranks the first
+    writes captions.txt while the others wait for it, then fingerprint their corpus; each embeds its
+    shards, rank 0 waits for all of them and builds the index, and every rank returns it.
     """
-    captions = list(captions)
-    if not captions:
-        raise ValueError("build_caption_index: the caption corpus is empty")
     for name, value in (("batch_size", batch_size), ("shard_rows", shard_rows)):
         if value < 1:
             raise InputError(f"build_caption_index: {name} must be >= 1, got {value}")
@@ -119,34 +86,68 @@ def build_caption_index(
     rank, world_size = rank_and_world(rank, world_size)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    meta_path = directory / "meta.json"
     encoders = {VLM_SPACE: vlm_encoder, TEXT_SPACE: text_encoder}
-    meta = {
-        "fingerprint": _fingerprint(captions),
-        "num_captions": len(captions),
-        "encoders": {space: encoder.name for space, encoder in encoders.items()},
-        "batch_size": batch_size,
-        "shard_rows": shard_rows,
-    }
+    build = {"encoders": {space: encoder.name for space, encoder in encoders.items()}, "batch_size": batch_size, "shard_rows": shard_rows}
+    existing = _settle_corpus(corpus, directory, build)
+    # A finished index re-indexed under other settings keeps the shards it was embedded in.
+    num_captions, batch_size, shard_rows = existing["num_captions"], existing["batch_size"], existing["shard_rows"]
     settings = {"index_kind": index_kind, "max_index_memory": str(max_index_memory), "recall_target": recall_target}
-    create_exclusively(directory / "captions.txt", lambda path: path.write_text("".join(c + "\n" for c in captions), encoding="utf-8"))
-    create_exclusively(meta_path, lambda path: path.write_text(json.dumps(meta, indent=2)))
-    existing = json.loads(meta_path.read_text())
-    for key in meta:
+    if existing.get("complete") and all(existing.get(key) == value for key, value in settings.items()):
+        return CaptionIndex.load(directory)
+    captions = CaptionLines(directory / "captions.txt")
+    embed_shards(captions, directory, encoders, batch_size=batch_size, shard_rows=shard_rows, rank=rank, world_size=world_size)
+    num_shards = len(shard_ranges(num_captions, shard_rows))
+    wait_until(lambda: shards_done(directory, num_captions, shard_rows) == num_shards, "the other ranks' shards")
+    if rank == 0:
+        _index_spaces(directory, {**existing, **settings})
+    wait_until(lambda: _is_complete(directory, settings), "rank 0's index")
+    return CaptionIndex.load(directory)
+
+
+def _settle_corpus(corpus: Sequence[str] | CaptionFiles, directory: Path, build: dict) -> dict:
+    """Writes the corpus into captions.txt unless it is there and checks that the directory holds this corpus and
+    these build settings -> the directory's metadata.
+
+    One process writes captions.txt, holding a lock the others wait on. It streams the corpus into a temporary file
+    and links it into place only after meta.json (fingerprint and size) exists: a captions.txt is never seen without
+    the metadata describing it. A killed writer leaves only its temporary file (and the lock, which the system
+    releases): the next process to take the lock deletes it and writes captions.txt again.
+    """
+    captions_path, meta_path = directory / "captions.txt", directory / "meta.json"
+    if not captions_path.exists():
+        with holding_lock(directory / ".captions.lock", "another rank writing captions.txt"):
+            if not captions_path.exists():
+                for stale in directory.glob(f".{captions_path.name}.*.tmp"):
+                    stale.unlink()
+                temporary = temporary_path(captions_path)
+                try:
+                    meta = _corpus_meta(*stream_corpus(corpus, temporary), build)
+                    create_exclusively(meta_path, lambda path: path.write_text(json.dumps(meta, indent=2)))
+                    existing = _same_meta(directory, meta)
+                    os.link(temporary, captions_path)
+                finally:
+                    temporary.unlink(missing_ok=True)
+                return existing
+    return _same_meta(directory, _corpus_meta(*stream_corpus(corpus), build))
+
+
+def _corpus_meta(fingerprint: str, num_captions: int, build: dict) -> dict:
+    if not num_captions:
+        raise InputError("build_caption_index: the caption corpus is empty")
+    return {"fingerprint": fingerprint, "num_captions": num_captions, **build}
+
+
+def _same_meta(directory: Path, meta: dict) -> dict:
+    """The directory's metadata, if it was made for `meta`'s corpus and encoders (and, while unfinished, its batch
+    and shard sizes, which resuming depends on); else one clear error."""
+    existing = json.loads((directory / "meta.json").read_text())
+    for key in FINISHED_INDEX_KEYS if existing.get("complete") else meta:
         if existing.get(key) != meta[key]:
-            raise ValueError(
+            raise InputError(
                 f"build_caption_index: {directory} holds an index built with another {key} "
                 f"({existing.get(key)!r} vs {meta[key]!r}); use a new directory or delete it"
             )
-    if existing.get("complete") and all(existing.get(key) == value for key, value in settings.items()):
-        return CaptionIndex.load(directory)
-    embed_shards(captions, directory, encoders, batch_size=batch_size, shard_rows=shard_rows, rank=rank, world_size=world_size)
-    num_shards = len(shard_ranges(len(captions), shard_rows))
-    wait_until(lambda: shards_done(directory, len(captions), shard_rows) == num_shards, "the other ranks' shards")
-    if rank == 0:
-        _index_spaces(directory, {**meta, **settings})
-    wait_until(lambda: _is_complete(directory, settings), "rank 0's index")
-    return CaptionIndex.load(directory)
+    return existing
 
 
 def _is_complete(directory: Path, settings: dict) -> bool:
@@ -162,27 +163,6 @@ def _index_spaces(directory: Path, meta: dict) -> None:
         plan = plan_index(*vectors.shape, meta["index_kind"], meta["max_index_memory"])
         indices[space] = build_index(vectors, directory / f"{space}.faiss", plan, recall_target=meta["recall_target"], shard_rows=meta["shard_rows"])
     write_json(directory / "meta.json", {**meta, "indices": indices, "complete": True})
-
-
-class CaptionLines(Sequence[str]):
-    """The captions of an index, decoded on demand from the memory-mapped captions.txt.
-
-    A web-scale corpus (CC12M: 12M captions) would take gigabytes as Python strings; only the
-    line offsets are held in memory.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._data = np.memmap(path, dtype=np.uint8, mode="r")
-        self._ends = np.flatnonzero(self._data == ord("\n"))
-        self._starts = np.concatenate([[0], self._ends[:-1] + 1])
-
-    def __len__(self) -> int:
-        return len(self._ends)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        return bytes(self._data[self._starts[index] : self._ends[index]]).decode("utf-8")
 
 
 @dataclass

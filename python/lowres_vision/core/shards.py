@@ -4,17 +4,20 @@ The corpus's rows are cut into shards of `shard_rows` captions; rank r of W (tor
 WORLD_SIZE, or given explicitly for separate machines sharing the index directory) embeds shards
 r, r + W, r + 2W, ... into its rows of the one `<space>.npy` per space. Each shard records the
 rows it has flushed to disk in `progress/<shard>.json` after every batch, so a killed rank resumes
-its shards from the last completed batch. Files several ranks may create (the corpus, the metadata,
-the arrays) are created exclusively: the first writer wins and the others check what it wrote.
+its shards from the last completed batch. Files several ranks may create (the embedding arrays) are
+created exclusively: the first writer wins and the others use what it wrote; one too long to write
+twice (the corpus) is written under a lock the others wait on.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -48,6 +51,22 @@ def create_exclusively(path: Path, write: Callable[[Path], None]) -> bool:
         return False
     finally:
         temporary.unlink()
+
+
+@contextmanager
+def holding_lock(path: Path, what: str) -> Iterator[None]:
+    """Holds an exclusive lock on `path` (waiting for `what` meanwhile); the system releases it if the holder dies."""
+    with path.open("a") as lock:
+
+        def acquired() -> bool:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+
+        wait_until(acquired, what)
+        yield
 
 
 def open_embeddings(path: Path, rows: int, dim: int) -> np.ndarray:
