@@ -124,7 +124,8 @@ def test_first_search_raises_nprobe_for_queries_unlike_the_corpus(tmp_path):
     index = build_caption_index(captions, tmp_path / "index", vlm_encoder=vlm, text_encoder=text, index_kind="ivf")
     tuned = index.settings[VLM_SPACE].nprobe
     queries = F.normalize(table[:32] + 0.4 * torch.randn(32, 32, generator=torch.Generator().manual_seed(7)), dim=-1).numpy()
-    with pytest.warns(UserWarning, match=rf"reach 10-recall@10 0\.\d+ at the nprobe tuned on the corpus; searching with nprobe (\d+)"):
+    with pytest.warns(UserWarning, match=r"reach 10-recall@10 0\.\d+ at the settings tuned on the corpus \(nprobe \d+, rerank_factor 1\); "
+                      r"searching with nprobe \d+, rerank_factor 1 instead"):
         _, ids = index.search(VLM_SPACE, queries, k=10)
     assert index.settings[VLM_SPACE].nprobe > tuned
     exact = np.argsort(-(queries @ table.numpy().T), axis=1, kind="stable")[:, :10]

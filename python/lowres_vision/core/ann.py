@@ -21,9 +21,12 @@ build nor the search holds all codes in memory.
 
 Every search re-ranks `rerank_factor`·k candidates exactly from the memory-mapped full vectors, so
 the scores returned are true cosines. At build, the smallest `nprobe` (IVF) or `efSearch` (HNSW)
-per re-rank factor that reaches the recall target on held-out corpus rows (rows outside the training
-sample, each query's own row excluded) is found, and the cheapest of those settings is kept. The
-first search of an index then checks the recall of the queries really asked (`recall.verify_search`).
+per re-rank factor (1 to 64, shallow to deep) that reaches the recall target on held-out corpus rows
+(rows outside the training sample, each query's own row excluded) is found, and the cheapest of
+those settings in bytes read per query is kept (codes scanned, and a page or two of the vectors'
+file per candidate re-ranked); deeper factors, and larger `nprobe`, are not measured once they cost
+more than a setting found. The first search of an index then checks the recall of the queries
+really asked, raising `nprobe` or the re-rank depth (`recall.verify_search`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ search settings tuned at build (`tune_search`) and checked on the first real que
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
@@ -16,7 +17,9 @@ if TYPE_CHECKING:
 
 DEFAULT_RECALL_TARGET = 0.9
 RECALL_K = 10
-RERANK_FACTORS = (1, 2, 4, 8)
+# Candidates re-ranked per result, tried from shallow to deep, up to a few hundred for k = 10: coarse codes
+# (48 bytes for 384-d, 10M vectors in bench/caption_index.py) rank the true neighbours too low for 8·k.
+RERANK_FACTORS = (1, 2, 4, 8, 16, 32, 64)
 # Doubling nprobe / efSearch stops once recall gains less than this: the re-rank depth is the limit then.
 RECALL_PLATEAU = 0.002
 # The first search of each space checks its recall on this many of its queries, by an exact scan of
@@ -25,6 +28,7 @@ VERIFY_QUERIES = 32
 VERIFY_MAX_FLOATS = 2_000_000_000
 HNSW_NEIGHBOURS = 32
 ID_BYTES = 8  # an IVF list stores each vector's id beside its code
+PAGE_BYTES = 4096  # what reading a row of the memory-mapped vectors reads at least
 
 
 @dataclass
@@ -109,23 +113,28 @@ def tune_search(index, vectors: np.ndarray, plan: IndexPlan, query_rows: np.ndar
     exact = _without_self(exact_neighbours(vectors, queries, RECALL_K + 1), query_rows, RECALL_K)
     knob, limit = ("nprobe", plan.nlist) if plan.nlist else ("ef_search", 4096)
     start = 1 if plan.nlist else 16
-    tried, reached = [], []
+    tried, cheapest, cheapest_cost = [], None, math.inf
     for factor in RERANK_FACTORS:
+        if _search_cost(plan, SearchSettings(**{knob: start}, rerank_factor=factor)) >= cheapest_cost:
+            break  # re-ranking this deep (and deeper) costs more than the cheapest setting found, whatever the knob
         value, previous = start, -1.0
         while True:
             settings = SearchSettings(**{knob: value}, rerank_factor=factor)
+            cost = _search_cost(plan, settings)
+            if cost >= cheapest_cost:
+                break  # probing more costs more than the cheapest setting found
             settings.apply(index)
             found = _without_self(search_reranked(index, vectors, queries, RECALL_K + 1, settings)[1], query_rows, RECALL_K)
             recall = recall_at_k(found, exact)
             tried.append((value, factor, recall))
             if recall >= target:
-                reached.append((settings, recall))
+                cheapest, cheapest_cost = (settings, recall), cost
                 break
             if value >= limit or recall - previous < RECALL_PLATEAU:
                 break
             value, previous = min(2 * value, limit), recall
-    if reached:
-        settings, recall = min(reached, key=lambda pair: _search_cost(plan, pair[0]))
+    if cheapest is not None:
+        settings, recall = cheapest
     else:
         value, factor, recall = max(tried, key=lambda entry: entry[2])
         settings = SearchSettings(**{knob: value}, rerank_factor=factor)
@@ -135,37 +144,62 @@ def tune_search(index, vectors: np.ndarray, plan: IndexPlan, query_rows: np.ndar
 
 
 def verify_search(index, vectors: np.ndarray, queries: np.ndarray, built: dict, settings: SearchSettings, *, where: str) -> SearchSettings:
-    """Checks 10-recall@10 of (up to VERIFY_QUERIES of) the queries actually searched, and raises `nprobe` /
-    `efSearch` until they reach the build's target: queries unlike the corpus (images across the modality
-    gap) can need more than the held-out rows did. Says so whenever it changes or cannot check anything."""
+    """Checks 10-recall@10 of (up to VERIFY_QUERIES of) the queries actually searched and, until they reach the
+    build's target, doubles `nprobe` / `efSearch` or the re-rank depth, whichever gains more recall per byte it
+    adds to a search (`_search_cost`): queries unlike the corpus (images across the modality gap) can need more
+    lists, or more candidates, than the held-out rows did. Says so whenever it changes or cannot check anything."""
+    from .ann import IndexPlan
+
     target = built["recall_target"]
     if vectors.size > VERIFY_MAX_FLOATS:
         warnings.warn(f"{where}: recall not verified on these queries (an exact scan of {len(vectors)} vectors is too long)", stacklevel=3)
         return settings
+    plan = IndexPlan(built["kind"], built["factory"], len(vectors), vectors.shape[1], built["nlist"], built["code_bytes"])
     sample = np.ascontiguousarray(queries[:VERIFY_QUERIES], dtype=np.float32)
     k = min(RECALL_K, len(vectors))
     exact = exact_neighbours(vectors, sample, k)
     knob, limit = ("nprobe", built["nlist"]) if built["nlist"] else ("ef_search", 4096)
-    first = recall = recall_at_k(search_reranked(index, vectors, sample, k, settings)[1], exact)
-    previous = -1.0
-    while recall < target and getattr(settings, knob) < limit and recall - previous >= RECALL_PLATEAU:
-        settings = SearchSettings(**{**asdict(settings), knob: min(2 * getattr(settings, knob), limit)})
-        settings.apply(index)
-        previous, recall = recall, recall_at_k(search_reranked(index, vectors, sample, k, settings)[1], exact)
-    if recall != first:
+
+    def measured(candidate: SearchSettings) -> float:
+        candidate.apply(index)
+        return recall_at_k(search_reranked(index, vectors, sample, k, candidate)[1], exact)
+
+    tuned, first = settings, measured(settings)
+    recall = first
+    while recall < target:
+        steps = []
+        if getattr(settings, knob) < limit:
+            steps.append(SearchSettings(**{**asdict(settings), knob: min(2 * getattr(settings, knob), limit)}))
+        if settings.rerank_factor < RERANK_FACTORS[-1]:
+            steps.append(SearchSettings(**{**asdict(settings), "rerank_factor": min(2 * settings.rerank_factor, RERANK_FACTORS[-1])}))
+        gains = [(step, measured(step)) for step in steps]
+        gains = [(step, gained) for step, gained in gains if gained - recall >= RECALL_PLATEAU]
+        if not gains:
+            break
+        cost = _search_cost(plan, settings)
+        settings, recall = max(gains, key=lambda pair: (pair[1] - recall) / (_search_cost(plan, pair[0]) - cost))
+    settings.apply(index)  # the last step measured may not be the one taken
+    if settings != tuned:
         warnings.warn(
-            f"{where}: these queries reach 10-recall@10 {first:.3f} at the {knob} tuned on the corpus; "
-            f"searching with {knob} {getattr(settings, knob)} instead ({recall:.3f}, target {target})", stacklevel=3,
+            f"{where}: these queries reach 10-recall@10 {first:.3f} at the settings tuned on the corpus "
+            f"({_described(tuned, knob)}); searching with {_described(settings, knob)} instead ({recall:.3f}, target {target})",
+            stacklevel=3,
         )
     if recall < target:
         warnings.warn(f"{where}: these queries reach 10-recall@10 {recall:.3f} at best, below the target {target}", stacklevel=3)
     return settings
 
 
+def _described(settings: SearchSettings, knob: str) -> str:
+    return f"{knob} {getattr(settings, knob)}, rerank_factor {settings.rerank_factor}"
+
+
 def _search_cost(plan: IndexPlan, settings: SearchSettings) -> float:
-    """Bytes touched per query: codes scanned in the probed lists (or the HNSW beam) plus rows re-ranked."""
+    """Bytes read per query: the codes scanned in the probed lists (or along the HNSW beam), and for each candidate
+    re-ranked the pages its row of the memory-mapped vectors lies on (a row of b bytes at an arbitrary offset spans
+    1 + (b - 1) / PAGE_BYTES pages on average): a row read at random costs its pages, not its bytes."""
     if plan.nlist:
         scanned = settings.nprobe * plan.num_vectors / plan.nlist * (plan.code_bytes + ID_BYTES)
     else:
         scanned = settings.ef_search * HNSW_NEIGHBOURS * plan.code_bytes
-    return scanned + settings.rerank_factor * RECALL_K * plan.dim * 4
+    return scanned + settings.rerank_factor * RECALL_K * (PAGE_BYTES + 4 * plan.dim - 1)
