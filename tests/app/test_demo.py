@@ -85,7 +85,7 @@ def test_demo_command_runs_seeds_and_zero_shot_and_writes_mean_and_spread(data_r
     top1 = [m["top1"] for m in per_seed]
     assert report["results"]["Linear probe"]["circuits"]["top1"] == pytest.approx(sum(top1) / 2)
     assert report["spread"]["Linear probe"]["circuits"]["top1"] == pytest.approx(abs(top1[0] - top1[1]) / 2 ** 0.5)
-    for name, method in (("Zero-shot (prompts)", "plain"), ("Zero-shot (CoRE)", "core")):
+    for name, method in (("Zero-shot transfer", "plain"), ("Zero-shot (CoRE)", "core")):
         metrics = json.loads((out / "circuits" / slug(name) / "metrics.json").read_text())
         assert metrics["method"] == method and report["results"][name]["circuits"] == metrics
     assert report["chance"]["circuits"]["top1"] == pytest.approx(100 / 32)
@@ -111,6 +111,10 @@ def test_demo_all_baselines_on_retrieval_validate_every_epoch(data_root, tmp_pat
     run = tmp_path / "demo" / "historic-maps" / "all" / "seed0"
     epochs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if json.loads(line)["event"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [0, 1] and all("val/R@1" in e for e in epochs)
+    # Zero-shot transfer on a retrieval task is the frozen embeddings' cosine; CoRE runs on circuits only.
+    zero_shot = json.loads((tmp_path / "demo" / "historic-maps" / "zero-shot-transfer" / "metrics.json").read_text())
+    assert zero_shot["method"] == "plain" and results["Zero-shot transfer"]["historic-maps"] == zero_shot
+    assert "Zero-shot (CoRE)" not in results
     plots = sorted(p.name for p in (run / "plots").iterdir())
     assert plots == ["domain_attention_maps_visual_transformer_resblocks_2_domain_attention.png", "retrieval_examples_test.png",
                      "subkernel_weights_visual_conv1.png", "training_curves.png"]

@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="generate the synthetic benchmark, train the paper's configurations on it, print the results table",
         description="Generates the synthetic LITE benchmark if missing, then trains and evaluates linear probe, "
                     "AdaptFormer, + tokenization, + domain attention and + all on each task once per training seed, "
-                    "runs zero-shot (plain prompts and CoRE) on circuits, and writes results.md, results.json, "
+                    "runs zero-shot transfer on every task and CoRE on circuits, and writes results.md, results.json, "
                     "results.png (mean ± std over the training seeds, chance beside them) and every run's plots. "
                     "By default it adapts the CLIP this project pretrains and ships; --pretrained or --checkpoint "
                     "picks another open_clip model.",
