@@ -17,7 +17,7 @@ pytest.importorskip("diffusers")
 
 from lowres_vision.augment import (  # noqa: E402
     AugmentConfig, AugmentedDataset, Augmenter, BreakingPairs, Manifest, build_tiny_img2img_pipeline, fit_square,
-    genie_img2img, genie_timesteps, load_img2img_pipeline, make_sources, merge_manifests, projected_distances,
+    genie_img2img, genie_scheduler, genie_timesteps, load_img2img_pipeline, make_sources, merge_manifests, projected_distances,
     read_manifest, run_augmentation, select_noise_ratio, shard,
 )
 from lowres_vision.augment import generate as generate_module  # noqa: E402
@@ -109,22 +109,26 @@ class GridScheduler:
         self.timesteps = torch.tensor(self.grid[:num_inference_steps])
 
 
-def test_genie_timesteps_follow_the_release_rule_and_the_paper(pipe):
-    from diffusers import DPMSolverMultistepScheduler
+def _sd15_scheduler_config():
+    """SD 1.5's scheduler config as its hub repository stores it: a PNDM config naming no solver setting."""
+    from diffusers import PNDMScheduler
 
+    return PNDMScheduler.from_config({
+        "_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012,
+        "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000, "set_alpha_to_one": False,
+        "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None, "clip_sample": False,
+    }).config
+
+
+def test_genie_timesteps_follow_the_release_rule_and_the_paper():
     # Release: noise at int(1000 r) = 800, then the grid timesteps t with t - 1 <= 800 (801 is one).
     grid = GridScheduler([841, 821, 801, 781, 761])
     assert genie_timesteps(grid, 5, 0.8) == (800, [801, 781, 761])
     assert genie_timesteps(GridScheduler([840, 820, 800, 780]), 4, 0.8) == (800, [800, 780])
     # Paper: the last int(r N) = 4 grid timesteps, noised at the first of them.
     assert genie_timesteps(grid, 5, 0.8, "paper") == (821, [821, 801, 781, 761])
-    # SD 1.5's DPM-Solver grid, 50 steps: round(linspace(0, 999, 51))[::-1][:-1], built as the release builds it
-    # from the model's scheduler config (the PNDM one of stable-diffusion-v1-5's scheduler_config.json).
-    from diffusers import PNDMScheduler
-
-    sd15 = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
-                         set_alpha_to_one=False, steps_offset=1)
-    linspace = DPMSolverMultistepScheduler.from_config(sd15.config)
+    # SD 1.5's DPM-Solver grid, 50 steps: round(linspace(0, 999, 51))[::-1][:-1].
+    linspace = genie_scheduler(_sd15_scheduler_config())
     linspace_grid = [round(999 * (50 - k) / 50) for k in range(50)]
     assert genie_timesteps(linspace, 50, 0.8) == (800, linspace_grid[10:]) and linspace_grid[10] == 799
     assert genie_timesteps(linspace, 50, 0.8, "paper") == (799, linspace_grid[10:])
@@ -133,6 +137,102 @@ def test_genie_timesteps_follow_the_release_rule_and_the_paper(pipe):
         genie_timesteps(linspace, 50, 0.8, "boomerang")
     with pytest.raises(ValueError, match="no denoising step"):
         genie_timesteps(linspace, 50, 0.01, "paper")
+
+
+# DPMSolverMultistepScheduler.from_config(SD 1.5's config).config under diffusers 0.19.0, the version the authors'
+# release (repository UCDvision/GeNIe) installs, read from that version's source and printed by it; the last three
+# settings did not exist then and are the values that reproduce its last step (to timestep 0, second order from 15
+# grid steps on) and its plain sigmas.
+RELEASE_SOLVER = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "trained_betas": None, "prediction_type": "epsilon", "variance_type": None, "lambda_min_clipped": -float("inf"),
+    "algorithm_type": "dpmsolver++", "solver_order": 2, "solver_type": "midpoint", "lower_order_final": True,
+    "use_karras_sigmas": False, "thresholding": False, "timestep_spacing": "linspace",
+    "final_sigmas_type": "sigma_min", "euler_at_final": False, "use_lu_lambdas": False,
+}
+# (steps, r) -> (int(1000 r), the timesteps editor.py's loop runs): its own code (ImageEditor's scheduler,
+# diffusion_forward's timestep, __call__'s `if t - 1 > 1000 * percent_noise: continue`) run under diffusers 0.19.0.
+RELEASE_RUNS = {
+    (50, 0.8): (800, [799, 779, 759, 739, 719, 699, 679, 659, 639, 619, 599, 579, 559, 539, 519, 500, 480, 460, 440,
+                      420, 400, 380, 360, 340, 320, 300, 280, 260, 240, 220, 200, 180, 160, 140, 120, 100, 80, 60, 40,
+                      20]),
+    (50, 0.3): (300, [300, 280, 260, 240, 220, 200, 180, 160, 140, 120, 100, 80, 60, 40, 20]),
+    (20, 0.5): (500, [500, 450, 400, 350, 300, 250, 200, 150, 100, 50]),
+    (10, 0.3): (300, [300, 200, 100]),
+    (4, 1.0): (1000, [999, 749, 500, 250]),
+}
+
+
+def test_genie_scheduler_is_the_release_solver_whatever_the_model_config_asks():
+    from diffusers import DPMSolverMultistepScheduler
+
+    scheduler = genie_scheduler(_sd15_scheduler_config())
+    assert {name: scheduler.config[name] for name in RELEASE_SOLVER} == RELEASE_SOLVER
+    for (steps, ratio), run in RELEASE_RUNS.items():
+        assert genie_timesteps(scheduler, steps, ratio) == run
+    # A model shipping its own DPM-Solver config (Karras sigmas, "leading" spacing, 3rd order, SDE, final sigma 0)
+    # keeps its noise schedule and prediction type; the solver is the release's all the same.
+    own = DPMSolverMultistepScheduler(
+        beta_start=0.001, beta_end=0.02, beta_schedule="scaled_linear", prediction_type="v_prediction",
+        algorithm_type="sde-dpmsolver++", solver_order=3, solver_type="heun", lower_order_final=False,
+        euler_at_final=True, use_karras_sigmas=True, timestep_spacing="leading", steps_offset=1,
+        final_sigmas_type="zero",
+    )
+    scheduler = genie_scheduler(own.config)
+    noise_schedule = {"beta_start": 0.001, "beta_end": 0.02, "prediction_type": "v_prediction"}
+    assert {name: scheduler.config[name] for name in RELEASE_SOLVER} == {**RELEASE_SOLVER, **noise_schedule}
+    assert genie_timesteps(scheduler, 50, 0.8) == RELEASE_RUNS[50, 0.8]
+
+
+def test_genie_sampler_steps_are_dpm_solver_2m_ending_at_timestep_zero(pipe, monkeypatch):
+    """Every latent the sampler makes, checked against DPM-Solver++(2M) (arXiv 2211.01095, Algorithm 2) from the
+    UNet's recorded outputs: first order on the first step, then x <- (σ_s/σ_t) x - α_s (e^-h - 1) D with
+    D = x0 + (x0 - x0_prev)/(2 r), h = λ_s - λ_t, r = (λ_t - λ_prev)/h, λ = log(α/σ), α² = ᾱ; at 20 grid steps
+    the last step is second order too and ends at timestep 0, as diffusers 0.19.0 ran the release."""
+    calls, decoded = [], []
+    hook = pipe.unet.register_forward_hook(
+        lambda module, args, kwargs, output: calls.append((args[0].clone(), int(args[1]), output.sample.clone())),
+        with_kwargs=True)
+    decode = pipe.vae.decode
+
+    def record_decode(latents, **kwargs):
+        decoded.append(latents.clone())
+        return decode(latents, **kwargs)
+
+    monkeypatch.setattr(pipe.vae, "decode", record_decode)
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    try:
+        genie_img2img(pipe, [image], ["a photo of a diode."], noise_ratio=0.5, num_inference_steps=20,
+                      guidance_scale=7.5, generators=[torch.Generator().manual_seed(3)])
+    finally:
+        hook.remove()
+    timesteps = [t for _, t, _ in calls]
+    assert timesteps == RELEASE_RUNS[20, 0.5][1]
+    alpha_bar = pipe.scheduler.alphas_cumprod.double()
+
+    def alpha_sigma_lambda(t):
+        alpha, sigma = alpha_bar[t].sqrt(), (1 - alpha_bar[t]).sqrt()
+        return alpha, sigma, torch.log(alpha / sigma)
+
+    latent, previous = calls[0][0][:1].double(), None
+    for (model_input, t, output), s in zip(calls, timesteps[1:] + [0]):
+        torch.testing.assert_close(model_input[:1].double(), latent, atol=1e-4, rtol=1e-4)
+        unconditional, conditional = output.double().chunk(2)
+        eps = unconditional + 7.5 * (conditional - unconditional)
+        (alpha_t, sigma_t, lambda_t), (alpha_s, sigma_s, lambda_s) = alpha_sigma_lambda(t), alpha_sigma_lambda(s)
+        x0 = (latent - sigma_t * eps) / alpha_t
+        h = lambda_s - lambda_t
+        if previous is None:
+            direction = x0
+        else:
+            r = (lambda_t - previous[1]) / h
+            direction = x0 + (x0 - previous[0]) / (2 * r)
+        latent, previous = sigma_s / sigma_t * latent - alpha_s * torch.expm1(-h) * direction, (x0, lambda_t)
+    (final,) = decoded
+    final = final.double() * pipe.vae.config.scaling_factor
+    torch.testing.assert_close(final, latent, atol=1e-4, rtol=1e-4)
+    # Later diffusers' default last step (first order to sigma 0) would decode the last x0 prediction instead.
+    assert (final - previous[0]).abs().max() > 1e-2
 
 
 class UNetInputs:
@@ -240,6 +340,12 @@ def test_each_mode_gets_its_release_guidance_and_geometry(pipe, tmp_path, monkey
     job = _job(source, seed=1)
     assert other.key(job) != augmenter.key(job)
     assert augmenter.entry(job, "k")["guidance_scale"] == 5.0 and augmenter.entry(job, "k")["resize"] == "squash"
+    # GeNIe's images record their DPM-Solver settings; images cached under another solver are not reused.
+    genie_job = replace(_job(source, seed=1, kind="genie", strength=0.8), sampler="genie")
+    assert augmenter.entry(genie_job, "k")["dpm_solver"]["final_sigmas_type"] == "sigma_min"
+    key = augmenter.key(genie_job)
+    monkeypatch.setitem(generate_module.GENIE_DPM_SOLVER, "final_sigmas_type", "zero")
+    assert augmenter.key(genie_job) != key
 
 
 # --- generation ---------------------------------------------------------------------------------------

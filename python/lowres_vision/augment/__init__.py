@@ -13,15 +13,15 @@ from .data import AugmentedDataset, AugmentedPairDataset, BreakingPairs
 from .generate import MODES, AugmentConfig, Augmenter, Source, make_sources, run_augmentation
 from .genie import GENIE_ADA_RATIOS, EmbedderSpec, backbone_embedder, build_embedder, plan_hard_negatives
 from .genie import projected_distances, select_noise_ratio
-from .genie_sampler import GENIE_SCHEDULES, genie_img2img, genie_timesteps
+from .genie_sampler import GENIE_DPM_SOLVER, GENIE_SCHEDULES, genie_img2img, genie_scheduler, genie_timesteps
 from .hard_negatives import WithHardNegatives
 from .pipeline import DEFAULT_MODEL, RESIZES, TINY_MODEL, build_tiny_img2img_pipeline, fit_square, load_img2img_pipeline
 
 __all__ = [
     "AugmentConfig", "AugmentedDataset", "AugmentedPairDataset", "Augmenter", "BreakingPairs", "DEFAULT_MODEL",
-    "EmbedderSpec", "GENIE_ADA_RATIOS", "GENIE_SCHEDULES", "KINDS", "MODES", "Manifest", "RESIZES", "Source",
-    "TINY_MODEL", "WithHardNegatives", "backbone_embedder", "build_embedder", "build_tiny_img2img_pipeline",
-    "cache_key", "fit_square", "genie_img2img", "genie_timesteps", "load_img2img_pipeline", "make_sources",
-    "merge_manifests", "plan_hard_negatives", "projected_distances", "read_manifest", "run_augmentation",
-    "select_noise_ratio", "shard",
+    "EmbedderSpec", "GENIE_ADA_RATIOS", "GENIE_DPM_SOLVER", "GENIE_SCHEDULES", "KINDS", "MODES", "Manifest",
+    "RESIZES", "Source", "TINY_MODEL", "WithHardNegatives", "backbone_embedder", "build_embedder",
+    "build_tiny_img2img_pipeline", "cache_key", "fit_square", "genie_img2img", "genie_scheduler", "genie_timesteps",
+    "load_img2img_pipeline", "make_sources", "merge_manifests", "plan_hard_negatives", "projected_distances",
+    "read_manifest", "run_augmentation", "select_noise_ratio", "shard",
 ]

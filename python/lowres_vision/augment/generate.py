@@ -32,7 +32,7 @@ from .cache import Manifest, cache_key, derive_seed, file_sha256, image_relpath,
 from .cache import shard, shard_manifest_name, write_image_atomic
 from .genie import GENIE_ADA_RATIOS, Embedder, class_mean_embeddings, plan_hard_negatives, projected_distances
 from .genie import select_noise_ratio
-from .genie_sampler import GENIE_SCHEDULES, genie_img2img
+from .genie_sampler import GENIE_DPM_SOLVER, GENIE_SCHEDULES, genie_img2img
 from .pipeline import RESIZES, ddim_view, fit_square
 
 MODES = ("preserving", "breaking", "genie")
@@ -119,10 +119,10 @@ class AugmentConfig:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def sampler_settings(self, kind: str) -> dict:
-        """The guidance, input geometry (and GeNIe schedule) images of `kind` are made with."""
+        """The guidance, input geometry (and GeNIe schedule and solver) images of `kind` are made with."""
         if kind == "genie":
             return {"guidance_scale": self.genie_guidance_scale, "resize": self.genie_resize,
-                    "schedule": self.genie_schedule}
+                    "schedule": self.genie_schedule, "dpm_solver": dict(GENIE_DPM_SOLVER)}
         return {"guidance_scale": self.guidance_scale, "resize": self.resize}
 
 

@@ -10,6 +10,16 @@ the repository UCDvision/GeNIe, whose `editor.py` edits one image so:
 3. set the DPM-Solver multistep scheduler to its usual N-step grid and run only the grid
    timesteps t with t − 1 ≤ T·r, with classifier-free guidance.
 
+The solver is pinned to the one the release samples with (`GENIE_DPM_SOLVER`). Its `editor.py`
+builds `DPMSolverMultistepScheduler.from_config` of SD 1.5's scheduler config, a PNDM config naming
+none of the solver's settings, under diffusers 0.19.0 (the version its `README.md` installs), so it
+samples with that version's defaults: DPM-Solver++ (2M, midpoint form), the grid
+round(linspace(0, T − 1, N + 1)) reversed without its 0, first order on the first step run and,
+under 15 grid steps, on the last one, and a last step that ends at timestep 0 (σ of t = 0), not at
+σ = 0. Later diffusers end on σ = 0 with a first-order step by default (`final_sigmas_type="zero"`),
+which changes every image, and take Karras sigmas, other spacings or solver orders from a model's
+own scheduler config. The noise schedule (betas, T, prediction type) stays the model's.
+
 The paper's text reads differently: noise r·σ_max and ⌊r·N⌋ denoising iterations, i.e. the last
 ⌊r·N⌋ timesteps of the grid, noised at the first of them (what diffusers' `strength` does). Both
 are schedules here: "release" (the default) and "paper".
@@ -23,6 +33,20 @@ import torch
 from PIL import Image
 
 GENIE_SCHEDULES = ("release", "paper")
+# The release's solver (diffusers 0.19.0's defaults), in the settings later diffusers offer (module docstring).
+GENIE_DPM_SOLVER = {
+    "algorithm_type": "dpmsolver++", "solver_order": 2, "solver_type": "midpoint", "lower_order_final": True,
+    "euler_at_final": False, "final_sigmas_type": "sigma_min", "timestep_spacing": "linspace",
+    "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False, "use_lu_lambdas": False,
+    "thresholding": False,
+}
+
+
+def genie_scheduler(config):
+    """The release's DPM-Solver multistep scheduler over the noise schedule of the scheduler `config`."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler.from_config(config, **GENIE_DPM_SOLVER)
 
 
 def genie_timesteps(scheduler, num_inference_steps: int, noise_ratio: float,
@@ -63,15 +87,13 @@ def genie_img2img(pipe, images: Sequence[Image.Image], prompts: Sequence[str], *
     """One GeNIe image per (image, prompt, generator), all at `noise_ratio`, with `pipe`'s SD modules.
 
     `images` are already at the generation size; `generators` (CPU) draw each image's noise, so an
-    image does not depend on its batch. The scheduler is a fresh DPM-Solver multistep one built from
-    `pipe.scheduler`'s config, as the release replaces SD's.
+    image does not depend on its batch. The scheduler is a fresh `genie_scheduler` over
+    `pipe.scheduler`'s noise schedule, as the release replaces SD's.
     """
-    from diffusers import DPMSolverMultistepScheduler
-
     if not len(images) == len(prompts) == len(generators):
         raise ValueError(f"need one prompt and one generator per image; got {len(images)} images, "
                          f"{len(prompts)} prompts, {len(generators)} generators")
-    scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    scheduler = genie_scheduler(pipe.scheduler.config)
     noise_timestep, timesteps = genie_timesteps(scheduler, num_inference_steps, noise_ratio, schedule)
     device, dtype = pipe.unet.device, pipe.unet.dtype
     scaling = pipe.vae.config.scaling_factor
