@@ -93,7 +93,7 @@ def train(cfg: TrainConfig, *, on_step: Optional[StepHook] = None) -> dict[str, 
 def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) -> dict[str, float]:
     from ..data import split_exists
 
-    run, device, world_size = Path(cfg.out), context.device, context.world_size
+    run = Path(cfg.out)
     # Whose directory `out` is, before anything is built or written: a resume continues the run
     # there with its own settings; a new run gets an id and may only replace a run with overwrite.
     if cfg.resume:
@@ -103,148 +103,193 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
         replaced = check_new_run_directory(run, cfg.overwrite) if context.is_main else []
     validate = cfg.eval_every > 0 and split_exists(cfg.task, cfg.data_root, "val")
     check_splits(cfg, ("train", cfg.eval_split, *(["val"] if validate else [])))
-    class_names = task_class_names(cfg)
-    model, preprocess = build_model(cfg, None if class_names is None else len(class_names))
-    model.to(device)
-    parameters = [parameter for _, parameter in model.trainable_parameters()]
-    if not parameters:
-        raise ConfigError("train: nothing to train; set tokenization, domain_attention or adapter, or linear_probe")
-    train_tf, eval_tf = transforms(preprocess, cfg.train_augment, cfg.random_erasing)
-    mixing = BatchMixing.from_config(cfg, None if class_names is None else len(class_names))
-    train_set = train_dataset(cfg, train_tf)
-    dataset = EpochSeededDataset(train_set, cfg.seed)
-    sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=context.rank, seed=cfg.seed)
-    optimizer = torch.optim.Adam(parameters, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                 weight_decay=cfg.weight_decay)
-    breaking_loss = None
-    if cfg.augment_manifest is not None:
-        from ..losses import MemoryBankContrastiveLoss
-
-        breaking_loss = MemoryBankContrastiveLoss(tower_width(model.visual), cfg.bank_size, cfg.logit_scale)
-
-    best = None
-    if selects_best(cfg):
-        if not validate:
-            raise ConfigError(f"select: 'best' picks an epoch on the validation split, and task {cfg.task!r} has no val "
-                              f"split under {cfg.data_root}; use select='last'")
-        best = BestEpoch(selection_criterion(cfg.task, cfg.select_by))
-    progress = Progress()
+    state = _TrainingRun.build(cfg, context, run, run_id, validate, on_step)
     if cfg.resume:  # everything is checked before the first write: a refused resume changes no file
-        progress = load_checkpoint(run, run_id, model, optimizer, breaking_loss, cfg.batch_size, world_size, cfg.seed,
-                                   best)
-        if (progress.epoch, progress.step_in_epoch) > (cfg.epochs, 0):
+        state.progress = load_checkpoint(run, run_id, state.model, state.optimizer, state.breaking_loss, cfg.batch_size,
+                                         context.world_size, cfg.seed, state.best)
+        state.saved_step = state.progress.global_step
+        if (state.progress.epoch, state.progress.step_in_epoch) > (cfg.epochs, 0):
             raise ConfigError(f"resume: epochs={cfg.epochs}, but the checkpoint in {run} is past it (epoch "
-                              f"{progress.epoch + 1}, step {progress.step_in_epoch} of it); a run may only get longer")
+                              f"{state.progress.epoch + 1}, step {state.progress.step_in_epoch} of it); a run may only get longer")
     if context.is_main:
         if cfg.resume:
-            truncate_log(run / "log.jsonl", progress.global_step)
+            truncate_log(run / "log.jsonl", state.progress.global_step)
         else:
             remove_run_files(replaced)
             run.mkdir(parents=True, exist_ok=True)
         write_run_config(run, run_id, cfg)
-        append_log(run, {"event": "resume" if cfg.resume else "run", "run_id": run_id, "step": progress.global_step,
+        append_log(run, {"event": "resume" if cfg.resume else "run", "run_id": run_id, "step": state.progress.global_step,
                          **({"changed": changes} if cfg.resume else {}), "time": time.time()})
-    pair_batches = None
-    if breaking_loss is not None:
-        pair_batches = breaking_pair_batches(cfg, train_tf, context, progress.global_step)
+    return state.run()
 
-    saved_step = progress.global_step if cfg.resume else None
 
-    def save() -> None:
-        nonlocal saved_step
-        saved_step = progress.global_step
-        save_checkpoint(run, run_id, model, optimizer, breaking_loss, progress, cfg.batch_size, world_size, cfg.seed, best)
+class _TrainingRun:
+    """One run's model, optimizer, data and progress, and the loop over its epochs and steps."""
 
-    forward: nn.Module = StepForward(model)
-    if world_size > 1:
-        forward = nn.parallel.DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
-    steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
-    epochs = cfg.epochs
-    if cfg.linear_probe == "logreg":  # the release's probe is fitted once, on frozen features: no epochs
-        from .linear_probe import fit_linear_probe
+    def __init__(self, cfg: TrainConfig, context: Distributed, run: Path, run_id: str, validate: bool,
+                 on_step: Optional[StepHook]) -> None:
+        self.cfg, self.context, self.run_dir, self.run_id, self.validate, self.on_step = cfg, context, run, run_id, validate, on_step
+        self.progress, self.saved_step = Progress(), None
 
-        fitted = fit_linear_probe(model, cfg, eval_tf, device)
-        if context.is_main:
-            append_log(run, {"event": "fit", "linear_probe": "logreg", **fitted, "time": time.time()})
-        epochs = 0
-    model.train()
-    for epoch in range(progress.epoch, epochs):
-        sampler.set_position(epoch, progress.step_in_epoch * cfg.batch_size)
-        dataset.set_epoch(epoch)
-        kinds = sample_kinds(train_set, list(sampler))  # of this rank's samples, in the loader's order
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                            pin_memory=device.type == "cuda")
-        with tqdm(loader, total=steps_per_epoch, initial=progress.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+    @classmethod
+    def build(cls, cfg: TrainConfig, context: Distributed, run: Path, run_id: str, validate: bool,
+              on_step: Optional[StepHook]) -> _TrainingRun:
+        self = cls(cfg, context, run, run_id, validate, on_step)
+        class_names = task_class_names(cfg)
+        num_classes = None if class_names is None else len(class_names)
+        self.model, preprocess = build_model(cfg, num_classes)
+        self.model.to(context.device)
+        self.parameters = [parameter for _, parameter in self.model.trainable_parameters()]
+        if not self.parameters:
+            raise ConfigError("train: nothing to train; set tokenization, domain_attention or adapter, or linear_probe")
+        self.train_tf, self.eval_tf = transforms(preprocess, cfg.train_augment, cfg.random_erasing)
+        self.mixing = BatchMixing.from_config(cfg, num_classes)
+        self.train_set = train_dataset(cfg, self.train_tf)
+        self.dataset = EpochSeededDataset(self.train_set, cfg.seed)
+        self.sampler = ResumableDistributedSampler(self.dataset, num_replicas=context.world_size, rank=context.rank,
+                                                   seed=cfg.seed)
+        self.optimizer = torch.optim.Adam(self.parameters, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                          weight_decay=cfg.weight_decay)
+        self.breaking_loss = None
+        if cfg.augment_manifest is not None:
+            from ..losses import MemoryBankContrastiveLoss
+
+            self.breaking_loss = MemoryBankContrastiveLoss(tower_width(self.model.visual), cfg.bank_size, cfg.logit_scale)
+        self.best = None
+        if selects_best(cfg):
+            if not validate:
+                raise ConfigError(f"select: 'best' picks an epoch on the validation split, and task {cfg.task!r} has no "
+                                  f"val split under {cfg.data_root}; use select='last'")
+            self.best = BestEpoch(selection_criterion(cfg.task, cfg.select_by))
+        return self
+
+    def save(self) -> None:
+        self.saved_step = self.progress.global_step
+        save_checkpoint(self.run_dir, self.run_id, self.model, self.optimizer, self.breaking_loss, self.progress,
+                        self.cfg.batch_size, self.context.world_size, self.cfg.seed, self.best)
+
+    def run(self) -> dict[str, float]:
+        cfg, context = self.cfg, self.context
+        self.pair_batches = None
+        if self.breaking_loss is not None:
+            self.pair_batches = breaking_pair_batches(cfg, self.train_tf, context, self.progress.global_step)
+        self.forward: nn.Module = StepForward(self.model)
+        if context.world_size > 1:
+            device = context.device
+            self.forward = nn.parallel.DistributedDataParallel(
+                self.forward, device_ids=[device.index] if device.type == "cuda" else None)
+        self.steps_per_epoch = math.ceil(self.sampler.num_samples / cfg.batch_size)
+        self.epochs = cfg.epochs
+        if cfg.linear_probe == "logreg":  # the release's probe is fitted once, on frozen features: no epochs
+            from .linear_probe import fit_linear_probe
+
+            fitted = fit_linear_probe(self.model, cfg, self.eval_tf, context.device)
+            if context.is_main:
+                append_log(self.run_dir, {"event": "fit", "linear_probe": "logreg", **fitted, "time": time.time()})
+            self.epochs = 0
+        self.model.train()
+        for epoch in range(self.progress.epoch, self.epochs):
+            self.train_epoch(epoch)
+            self.end_epoch(epoch)
+        return self.finish()
+
+    def train_epoch(self, epoch: int) -> None:
+        cfg, context, progress = self.cfg, self.context, self.progress
+        self.sampler.set_position(epoch, progress.step_in_epoch * cfg.batch_size)
+        self.dataset.set_epoch(epoch)
+        kinds = sample_kinds(self.train_set, list(self.sampler))  # of this rank's samples, in the loader's order
+        loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.num_workers,
+                            pin_memory=context.device.type == "cuda")
+        with tqdm(loader, total=self.steps_per_epoch, initial=progress.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                   disable=not context.is_main, dynamic_ncols=True) as bar:
             for batch_index, batch in enumerate(bar):
-                if mixing is not None:
-                    batch = mixing(batch, progress.global_step, context.rank)
-                pairs = None if pair_batches is None else next(pair_batches)
+                if self.mixing is not None:
+                    batch = self.mixing(batch, progress.global_step, context.rank)
+                pairs = None if self.pair_batches is None else next(self.pair_batches)
                 seen = kinds[batch_index * cfg.batch_size:(batch_index + 1) * cfg.batch_size]
                 counts = [seen.count(kind) for kind in SAMPLE_KINDS[:-1]] + [0 if pairs is None else len(pairs[0])]
-                for kind, count in zip(SAMPLE_KINDS, sum_over_ranks(counts, device, world_size)):
+                for kind, count in zip(SAMPLE_KINDS, sum_over_ranks(counts, context.device, context.world_size)):
                     progress.epoch_samples[kind] += count
-                loss = step_loss(forward, batch, pairs, breaking_loss, cfg, device)
-                loss_value = mean_over_ranks(loss.detach(), world_size)  # every rank sees it: they stop/skip together
-                finite = math.isfinite(loss_value)
-                if not finite and cfg.on_nonfinite == "stop":
-                    kept = "no checkpoint yet" if saved_step is None else f"checkpoint of step {saved_step} kept"
-                    raise NonFiniteLossError(
-                        f"step {progress.global_step + 1}: the loss is {loss_value}; the run stopped ({kept}); "
-                        f"lower lr, or resume with --on-nonfinite skip to drop such steps' updates")
-                optimizer.zero_grad(set_to_none=True)
-                if finite:
-                    loss.backward()
-                    optimizer.step()
-                    progress.epoch_loss_sum += loss_value
-                else:
-                    progress.epoch_skipped += 1
-                progress.step_in_epoch += 1
-                progress.global_step += 1
+                loss_value = self.step(batch, pairs)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
-                if context.is_main and not finite:
-                    append_log(run, {"event": "skipped", "epoch": epoch, "step": progress.global_step,
-                                     "loss": str(loss_value), "time": time.time()})
-                elif context.is_main and cfg.log_every and progress.global_step % cfg.log_every == 0:
-                    append_log(run, {"event": "step", "epoch": epoch, "step": progress.global_step, "loss": loss_value,
-                                      "lr": optimizer.param_groups[0]["lr"], "time": time.time()})
-                # The epoch's last step is checkpointed by the epoch-end checkpoint below.
+                self.log_step(epoch, loss_value)
+                # The epoch's last step is checkpointed by the epoch-end checkpoint.
                 if (context.is_main and cfg.checkpoint_every and progress.global_step % cfg.checkpoint_every == 0
-                        and progress.step_in_epoch < steps_per_epoch):
-                    save()
-                if on_step is not None:
-                    on_step(progress.global_step, model)
+                        and progress.step_in_epoch < self.steps_per_epoch):
+                    self.save()
+                if self.on_step is not None:
+                    self.on_step(progress.global_step, self.model)
+
+    def step(self, batch, pairs) -> float:
+        """One optimizer step (none when the loss is not finite and on_nonfinite="skip"); returns the loss."""
+        cfg, progress = self.cfg, self.progress
+        loss = step_loss(self.forward, batch, pairs, self.breaking_loss, cfg, self.context.device)
+        loss_value = mean_over_ranks(loss.detach(), self.context.world_size)  # every rank sees it: they stop/skip together
+        finite = math.isfinite(loss_value)
+        if not finite and cfg.on_nonfinite == "stop":
+            kept = "no checkpoint yet" if self.saved_step is None else f"checkpoint of step {self.saved_step} kept"
+            raise NonFiniteLossError(
+                f"step {progress.global_step + 1}: the loss is {loss_value}; the run stopped ({kept}); "
+                f"lower lr, or resume with --on-nonfinite skip to drop such steps' updates")
+        self.optimizer.zero_grad(set_to_none=True)
+        if finite:
+            loss.backward()
+            self.optimizer.step()
+            progress.epoch_loss_sum += loss_value
+        else:
+            progress.epoch_skipped += 1
+        progress.step_in_epoch += 1
+        progress.global_step += 1
+        return loss_value
+
+    def log_step(self, epoch: int, loss_value: float) -> None:
+        if not self.context.is_main:
+            return
+        step = self.progress.global_step
+        if not math.isfinite(loss_value):
+            append_log(self.run_dir, {"event": "skipped", "epoch": epoch, "step": step, "loss": str(loss_value),
+                                      "time": time.time()})
+        elif self.cfg.log_every and step % self.cfg.log_every == 0:
+            append_log(self.run_dir, {"event": "step", "epoch": epoch, "step": step, "loss": loss_value,
+                                      "lr": self.optimizer.param_groups[0]["lr"], "time": time.time()})
+
+    def end_epoch(self, epoch: int) -> None:
+        """Logs the epoch (validating it when due), checkpoints it, and starts the next one's progress."""
+        cfg, progress = self.cfg, self.progress
         counted = progress.step_in_epoch - progress.epoch_skipped  # the mean is over the steps that updated
         record = {"event": "epoch", "epoch": epoch, "step": progress.global_step,
                   "loss": progress.epoch_loss_sum / max(counted, 1), "samples": progress.epoch_samples,
                   **({"skipped": progress.epoch_skipped} if progress.epoch_skipped else {}), "time": time.time()}
-        progress = Progress(epoch + 1, 0, progress.global_step)
-        if context.is_main:
+        self.progress = Progress(epoch + 1, 0, progress.global_step)
+        if self.context.is_main:
             # With select="best" the last epoch is always validated, so that there is a best epoch.
-            if validate and ((epoch + 1) % cfg.eval_every == 0 or (best is not None and epoch + 1 == epochs)):
-                metrics = validation_metrics(model, cfg, eval_tf, device)
+            best = self.best
+            if self.validate and ((epoch + 1) % cfg.eval_every == 0 or (best is not None and epoch + 1 == self.epochs)):
+                metrics = validation_metrics(self.model, cfg, self.eval_tf, self.context.device)
                 record.update({f"val/{name}": value for name, value in metrics.items()})
-                if best is not None and best.consider(epoch, progress.global_step, metrics, model):
+                if best is not None and best.consider(epoch, self.progress.global_step, metrics, self.model):
                     record["best"] = True
-            append_log(run, record)
-            save()
-        if world_size > 1:
+            append_log(self.run_dir, record)
+            self.save()
+        if self.context.world_size > 1:
             dist.barrier()  # the other ranks wait for rank 0's validation and checkpoint
 
-    metrics: dict[str, float] = {}
-    if context.is_main:
-        # The last epoch's parameters; with select="best" the reported metrics come from the best epoch's.
-        save_trainable(run, run_id, model.trainable_state_dict(), progress.global_step)
-        step, selection = progress.global_step, None
-        if best is not None:
-            step, selection = best.step, best.record()
-            save_trainable(run, run_id, best.parameters, step, name="best.safetensors", selection=selection)
-            model.load_trainable_state_dict(best.parameters)
-        metrics, predictions = evaluate_split(model, cfg, cfg.eval_split, eval_tf, device)
-        write_results(run, cfg.eval_split, metrics, predictions, run_id=run_id, global_step=step,
-                      parameters=parameters_file(cfg), selection=selection)
-    if world_size > 1:
-        shared = [metrics]
-        dist.broadcast_object_list(shared, src=0)
-        metrics = shared[0]
-    return metrics
+    def finish(self) -> dict[str, float]:
+        """Saves the trained parameters and evaluates them (the best epoch's with select="best"); returns the metrics."""
+        cfg, run = self.cfg, self.run_dir
+        metrics: dict[str, float] = {}
+        if self.context.is_main:
+            save_trainable(run, self.run_id, self.model.trainable_state_dict(), self.progress.global_step)
+            step, selection = self.progress.global_step, None
+            if self.best is not None:
+                step, selection = self.best.step, self.best.record()
+                save_trainable(run, self.run_id, self.best.parameters, step, name="best.safetensors", selection=selection)
+                self.model.load_trainable_state_dict(self.best.parameters)
+            metrics, predictions = evaluate_split(self.model, cfg, cfg.eval_split, self.eval_tf, self.context.device)
+            write_results(run, cfg.eval_split, metrics, predictions, run_id=self.run_id, global_step=step,
+                          parameters=parameters_file(cfg), selection=selection)
+        if self.context.world_size > 1:
+            shared = [metrics]
+            dist.broadcast_object_list(shared, src=0)
+            metrics = shared[0]
+        return metrics
