@@ -94,6 +94,9 @@ class DemoSettings:
     # intra-op parallelism gains little and, on a shared or oversubscribed machine, its thread
     # synchronisation makes each small op many times slower.
     threads: Optional[int] = 1
+    # DataLoader worker processes of every run: one decodes and resizes the next images while the main
+    # process computes (measured on 2 cores: a drawings run 18 % faster, a circuits run 9 %).
+    workers: int = 1
     plots: bool = True
     extra: dict = field(default_factory=dict)  # further TrainConfig fields
 
@@ -112,6 +115,8 @@ class DemoSettings:
             raise InputError(f"give pretrained ({self.pretrained!r}) or checkpoint ({self.checkpoint!r}), not both")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"threads must be >= 1 or None, got {self.threads}")
+        if self.workers < 0:
+            raise InputError(f"workers must be >= 0, got {self.workers}")
         return self
 
     @property
@@ -211,7 +216,7 @@ def _zero_shot(settings: DemoSettings, data_root: Path, task: str, method: str, 
               else ["--model", settings.backbone, "--pretrained", settings.pretrained])
     device = [] if settings.device == "auto" else ["--device", settings.device]
     code = main(["zeroshot", "--task", task, "--data-root", str(data_root), "--out", str(out),
-                 "--method", method, *source, *device])
+                 "--method", method, "--workers", str(settings.workers), *source, *device])
     if code != 0:
         raise RuntimeError(f"demo: zero-shot ({method}) on {task} failed with exit status {code}")
     return json.loads((out / "metrics.json").read_text())
@@ -243,7 +248,7 @@ def _run_demo(settings: DemoSettings) -> dict:
                 checkpoint=checkpoint, image_size=image_size, epochs=settings.epochs, batch_size=settings.batch_size,
                 lr=settings.lr, seed=seed, out=str(run_dir), device=settings.device, eval_every=1,
                 overwrite=True,  # the demo's folder is its own: running it again redoes its runs
-                **configuration(name, task), **settings.extra,
+                **{"num_workers": settings.workers, **configuration(name, task), **settings.extra},
             )
             run_started = time.time()
             per_seed[name].setdefault(task, []).append(train(cfg))

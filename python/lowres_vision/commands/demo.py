@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=defaults.threads,
                         help=f"torch CPU threads (default {defaults.threads}: fastest for the small shipped ViT; 0 keeps torch's default)")
+    parser.add_argument("--workers", type=int, default=defaults.workers,
+                        help=f"data loading worker processes per run (default {defaults.workers}; 0 loads in the main process)")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
     parser.set_defaults(func=run_demo_command)
 
@@ -57,7 +59,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
         configurations=[by_slug[s] for s in args.configs], training_seeds=args.training_seeds,
         zero_shot=not args.no_zero_shot, epochs=args.epochs, image_size=args.image_size,
         batch_size=args.batch_size, lr=args.lr, backbone=args.backbone, pretrained=args.pretrained,
-        checkpoint=args.checkpoint, device=args.device, threads=args.threads or None, plots=not args.no_plots,
+        checkpoint=args.checkpoint, device=args.device, threads=args.threads or None, workers=args.workers,
+        plots=not args.no_plots,
     )
     run_demo(settings)
     return 0
