@@ -533,6 +533,10 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(lite_roo
     for name in expected:
         torch.testing.assert_close(rank0[name], expected[name], atol=1e-5, rtol=1e-4)
     assert [record["step"] for record in _log(tmp_path / "ddp")] == [0, 1, 2, 3, 3]  # rank 0 alone wrote it
+    # Each step's loss is averaged and its samples summed over both ranks (one all_reduce per step).
+    (single_epoch,), (ddp_epoch,) = ([r for r in _log(tmp_path / run) if r["event"] == "epoch"] for run in ("single", "ddp"))
+    assert ddp_epoch["samples"] == single_epoch["samples"] and sum(ddp_epoch["samples"].values()) > 0
+    assert ddp_epoch["loss"] == pytest.approx(single_epoch["loss"], rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- the paper's augmentation baselines

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..config import ConfigError, TrainConfig
 from ..errors import InputError
 from ..data import EpochSeededDataset, is_retrieval
-from .distributed import Distributed, ResumableDistributedSampler, init_distributed, mean_over_ranks, sum_over_ranks
+from .distributed import Distributed, ResumableDistributedSampler, init_distributed, reduce_step
 from .evaluation import autocast, evaluate_split, validation_metrics
 from .inputs import BatchMixing, breaking_pair_batches, check_splits, sample_kinds, task_class_names, train_dataset, transforms
 from .model import build_model, tower_width
@@ -208,9 +208,7 @@ class _TrainingRun:
                 pairs = None if self.pair_batches is None else next(self.pair_batches)
                 seen = kinds[batch_index * cfg.batch_size:(batch_index + 1) * cfg.batch_size]
                 counts = [seen.count(kind) for kind in SAMPLE_KINDS[:-1]] + [0 if pairs is None else len(pairs[0])]
-                for kind, count in zip(SAMPLE_KINDS, sum_over_ranks(counts, context.device, context.world_size)):
-                    progress.epoch_samples[kind] += count
-                loss_value = self.step(batch, pairs)
+                loss_value = self.step(batch, pairs, counts)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 self.log_step(epoch, loss_value)
                 # The epoch's last step is checkpointed by the epoch-end checkpoint.
@@ -220,11 +218,14 @@ class _TrainingRun:
                 if self.on_step is not None:
                     self.on_step(progress.global_step, self.model)
 
-    def step(self, batch, pairs) -> float:
-        """One optimizer step (none when the loss is not finite and on_nonfinite="skip"); returns the loss."""
+    def step(self, batch, pairs, counts: list[int]) -> float:
+        """One optimizer step (none when the loss is not finite and on_nonfinite="skip"); counts this rank's
+        samples per kind (`counts`, in SAMPLE_KINDS order) over all ranks; returns the loss."""
         cfg, progress = self.cfg, self.progress
         loss = step_loss(self.forward, batch, pairs, self.breaking_loss, cfg, self.context.device)
-        loss_value = mean_over_ranks(loss.detach(), self.context.world_size)  # every rank sees it: they stop/skip together
+        loss_value, totals = reduce_step(loss, counts, self.context.world_size)
+        for kind, count in zip(SAMPLE_KINDS, totals):
+            progress.epoch_samples[kind] += count
         finite = math.isfinite(loss_value)
         if not finite and cfg.on_nonfinite == "stop":
             kept = "no checkpoint yet" if self.saved_step is None else f"checkpoint of step {self.saved_step} kept"
