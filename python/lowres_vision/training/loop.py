@@ -103,7 +103,7 @@ def _train(cfg: TrainConfig, context: Distributed, on_step: Optional[StepHook]) 
         replaced = check_new_run_directory(run, cfg.overwrite) if context.is_main else []
     validate = cfg.eval_every > 0 and split_exists(cfg.task, cfg.data_root, "val")
     check_splits(cfg, ("train", cfg.eval_split, *(["val"] if validate else [])))
-    state = _TrainingRun.build(cfg, context, run, run_id, validate, on_step)
+    state = _TrainingRun(cfg, context, run, run_id, validate, on_step)
     if cfg.resume:  # everything is checked before the first write: a refused resume changes no file
         state.progress = load_checkpoint(run, run_id, state.model, state.optimizer, state.breaking_loss, cfg.batch_size,
                                          context.world_size, cfg.seed, state.best)
@@ -130,17 +130,12 @@ class _TrainingRun:
                  on_step: Optional[StepHook]) -> None:
         self.cfg, self.context, self.run_dir, self.run_id, self.validate, self.on_step = cfg, context, run, run_id, validate, on_step
         self.progress, self.saved_step = Progress(), None
-
-    @classmethod
-    def build(cls, cfg: TrainConfig, context: Distributed, run: Path, run_id: str, validate: bool,
-              on_step: Optional[StepHook]) -> _TrainingRun:
-        self = cls(cfg, context, run, run_id, validate, on_step)
         class_names = task_class_names(cfg)
         num_classes = None if class_names is None else len(class_names)
         self.model, preprocess = build_model(cfg, num_classes)
         self.model.to(context.device)
-        self.parameters = [parameter for _, parameter in self.model.trainable_parameters()]
-        if not self.parameters:
+        parameters = [parameter for _, parameter in self.model.trainable_parameters()]
+        if not parameters:
             raise ConfigError("train: nothing to train; set tokenization, domain_attention or adapter, or linear_probe")
         self.train_tf, self.eval_tf = transforms(preprocess, cfg.train_augment, cfg.random_erasing)
         self.mixing = BatchMixing.from_config(cfg, num_classes)
@@ -148,7 +143,7 @@ class _TrainingRun:
         self.dataset = EpochSeededDataset(self.train_set, cfg.seed)
         self.sampler = ResumableDistributedSampler(self.dataset, num_replicas=context.world_size, rank=context.rank,
                                                    seed=cfg.seed)
-        self.optimizer = torch.optim.Adam(self.parameters, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+        self.optimizer = torch.optim.Adam(parameters, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                           weight_decay=cfg.weight_decay)
         self.breaking_loss = None
         if cfg.augment_manifest is not None:
@@ -161,7 +156,6 @@ class _TrainingRun:
                 raise ConfigError(f"select: 'best' picks an epoch on the validation split, and task {cfg.task!r} has no "
                                   f"val split under {cfg.data_root}; use select='last'")
             self.best = BestEpoch(selection_criterion(cfg.task, cfg.select_by))
-        return self
 
     def save(self) -> None:
         self.saved_step = self.progress.global_step
