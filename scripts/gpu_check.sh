@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks of a session that is lent a GPU (../shared/GPU.md), as one prepared command:
+# The checks of a session that is lent a GPU, as one prepared command:
 #
 #   OUT=/tmp/gpu bash scripts/gpu_check.sh build tests sanitize bench-quick
 #   OUT=/tmp/gpu bash scripts/gpu_check.sh build tests bench
