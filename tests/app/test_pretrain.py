@@ -43,7 +43,7 @@ def test_corpus_is_a_function_of_seed_and_index():
 
 
 def test_corpus_shares_and_disjointness_from_the_lite_generators():
-    from lowres_vision.synth.circuits import KEY_SYMBOLS
+    from lowres_vision.synth.circuits import PART_SIZES
     from lowres_vision.synth.drawings import OUTLINES
     from lowres_vision.synth.plan import CIRCUIT_CLASSES
 
@@ -54,8 +54,8 @@ def test_corpus_shares_and_disjointness_from_the_lite_generators():
     drawing_like = sum(KIND_WEIGHTS[k] for k in DRAWING_LIKE_KINDS) / sum(KIND_WEIGHTS.values())
     assert drawing_like == pytest.approx(0.08)
     text = " | ".join([s.caption for s in samples] + list(subject_prompts())).lower()
-    # No circuit class, circuit symbol or machine-part outline name (the one-letter "L" and "T" aside) occurs.
-    names = [n for n in (*CIRCUIT_CLASSES, *KEY_SYMBOLS, *OUTLINES) if len(n) > 1]
+    # No circuit class, circuit part or machine-part outline name (the one-letter "L" and "T" aside) occurs.
+    names = [n for n in (*CIRCUIT_CLASSES, *PART_SIZES, *OUTLINES) if len(n) > 1]
     assert [n for n in names if re.search(rf"\b{re.escape(n.lower())}\b", text)] == []
     assert re.search(r"\bnight landscape\b", text)  # the check does see words the captions hold
     assert all(s.subject in subject_prompts() for s in samples if s.subject is not None)

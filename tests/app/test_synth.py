@@ -18,7 +18,8 @@ from lowres_vision.synth import (
     is_generated,
     map_plan,
 )
-from lowres_vision.synth.circuits import KEY_SYMBOLS, render_circuit
+from lowres_vision.synth import circuits
+from lowres_vision.synth.circuits import FUNCTION_PARTS, PART_SIZES, class_parts, render_circuit
 from lowres_vision.synth.plan import TASKS
 
 TINY = 0.01  # 44 circuits, 6 map rows, 12 drawing pairs
@@ -138,18 +139,47 @@ def test_generate_keeps_a_finished_root_and_refuses_foreign_or_mismatched_folder
         generate(tmp_path / "x", tasks=["circuit"], progress=False)
 
 
-def test_circuit_classes_differ_only_in_small_details():
-    half = len(KEY_SYMBOLS)
-    for label in (0, 5, 9):
-        a = np.asarray(render_circuit(label, np.random.default_rng(7)), dtype=np.int16)
-        same = np.asarray(render_circuit(label, np.random.default_rng(7)), dtype=np.int16)
-        flipped = np.asarray(render_circuit(label + half, np.random.default_rng(7)), dtype=np.int16)
-        other = np.asarray(render_circuit((label + 1) % half, np.random.default_rng(7)), dtype=np.int16)
-        assert np.array_equal(a, same)
-        for b in (flipped, other):
-            changed = (np.abs(a - b).max(-1) > 40).mean()
-            # Same layout, another key symbol or polarity: a few percent of the pixels at most.
-            assert 0.0 < changed < 0.03, (label, changed)
+def test_circuit_functions_are_distinct_sets_of_shared_parts():
+    assert tuple(FUNCTION_PARTS) == CIRCUIT_CLASSES
+    sets = [tuple(sorted(class_parts(label))) for label in range(len(CIRCUIT_CLASSES))]
+    assert len(set(sets)) == len(sets)  # no two functions hold the same parts
+    uses = Counter(part for parts in sets for part in set(parts))
+    assert set(uses) == set(PART_SIZES)  # every part is used, and only known parts
+    assert sum(count > 1 for count in uses.values()) >= 2 / 3 * len(uses)  # most parts are shared between functions
+    # Small changes change the function: most functions have a sibling that differs in one part.
+    def one_apart(a, b):
+        return len(a) == len(b) and sum((Counter(a) - Counter(b)).values()) == 1
+    with_sibling = [a for a in sets if any(one_apart(a, b) for b in sets if b != a)]
+    assert len(with_sibling) >= len(sets) // 2
+
+
+def test_a_circuit_draws_exactly_its_functions_parts(monkeypatch):
+    drawn = []
+    draw_part = circuits._draw_part
+    monkeypatch.setattr(circuits, "_draw_part", lambda frame, part: (drawn.append(part), draw_part(frame, part)))
+    for label in range(len(CIRCUIT_CLASSES)):
+        for seed in range(3):
+            drawn.clear()
+            render_circuit(label, np.random.default_rng(seed))
+            assert Counter(drawn) == Counter(class_parts(label)), (CIRCUIT_CLASSES[label], seed)
+    with pytest.raises(ValueError, match="unknown circuit part 'flux capacitor'"):
+        draw_part(None, "flux capacitor")
+
+
+def test_sibling_circuits_differ_only_where_the_part_differs():
+    # Metronome and tone generator share a 555 and a speaker; a potentiometer or a pushbutton (same
+    # size, so the same layout from the same seed) decides the function.
+    metronome, tone = CIRCUIT_CLASSES.index("metronome"), CIRCUIT_CLASSES.index("tone generator")
+    dice = CIRCUIT_CLASSES.index("dice")
+    for seed in (1, 7, 11):
+        a = np.asarray(render_circuit(metronome, np.random.default_rng(seed)), dtype=np.int16)
+        again = np.asarray(render_circuit(metronome, np.random.default_rng(seed)), dtype=np.int16)
+        sibling = np.asarray(render_circuit(tone, np.random.default_rng(seed)), dtype=np.int16)
+        other = np.asarray(render_circuit(dice, np.random.default_rng(seed)), dtype=np.int16)
+        assert np.array_equal(a, again)
+        changed = (np.abs(a - sibling).max(-1) > 40).mean()
+        assert 0.0 < changed < 0.03, (seed, changed)
+        assert (np.abs(a - other).max(-1) > 40).mean() > changed
 
 
 def test_maps_sharing_a_satellite_are_different_renderings(tiny_root):
@@ -161,3 +191,12 @@ def test_maps_sharing_a_satellite_are_different_renderings(tiny_root):
         assert (folder / shared[0]).read_bytes() != (folder / shared[1]).read_bytes()
     for s, m in rows:
         assert (folder / s).read_bytes() != (folder / m).read_bytes()
+
+
+def test_default_root_is_per_generator_version(monkeypatch, tmp_path):
+    from lowres_vision.synth import default_root
+    from lowres_vision.synth.generate import GENERATOR_VERSION
+
+    monkeypatch.setenv("LOWRES_SYNTH_DIR", str(tmp_path))
+    assert default_root(3) == tmp_path / f"v{GENERATOR_VERSION}-seed3"
+    assert default_root(0, 0.5) == tmp_path / f"v{GENERATOR_VERSION}-seed0-scale0.5"

@@ -1,10 +1,13 @@
-"""Procedural circuit schematics whose class is decided by small details.
+"""Procedural circuit schematics whose function is decided by the components they hold.
 
-Every diagram is a random rectilinear wire network with random distractor parts (resistors,
-capacitors, grounds, junction dots, labels), so layouts do not identify the class. The class is
-one of 16 asymmetric "key" symbols (diode, LED, transistors, ...) drawn twice, in one of two
-polarities: classes c and c + 16 differ only by the key symbol's orientation, and many key
-symbols differ from each other only by a few pixels (an arrow, a bent bar, a gate lead).
+As in the LITE paper, a circuit's function shows in its components, not its layout: every
+function class has a fixed set of 3-4 parts (a dice circuit has a seven-segment display and a
+counter IC; a bell, like an audio amplifier, has a speaker; an LED circuit has a battery). Parts
+are shared between functions, and sibling functions differ in one small part (a metronome, an
+alarm and a tone generator all have a 555 timer), so small changes of a component change the
+function. Every diagram draws its parts on a random rectilinear wire network with random
+distractors (resistors, capacitors, grounds, junction dots, labels) and random part orientations,
+so the layout does not identify the class.
 """
 
 from __future__ import annotations
@@ -14,18 +17,78 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .plan import CIRCUIT_CLASSES
+
 IMAGE_SIZE = 224
 _SUPERSAMPLE = 2  # drawn at 2x and downsampled, for anti-aliased lines
 
-KEY_SYMBOLS = (
-    "diode", "led", "photodiode", "zener", "thyristor", "npn", "pnp", "electrolytic",
-    "battery", "opamp", "speaker", "switch", "pushbutton", "potentiometer", "inductor", "microphone",
-)
+# Half the length of a part along its wire, in supersampled pixels: ICs, displays, transformers
+# and the like are drawn larger than discrete parts, as in real schematics.
+SMALL_PART, LARGE_PART = 24.0, 44.0
+_SPAN_FIT = 2.8  # an edge holds a part of half-length h when it is longer than this many h (wire shows on both sides)
+PART_SIZES = {
+    **dict.fromkeys((
+        "diode", "LED", "zener diode", "thyristor", "NPN transistor", "PNP transistor", "electrolytic capacitor",
+        "battery", "op-amp", "switch", "pushbutton", "potentiometer", "inductor", "microphone",
+        "light-dependent resistor", "thermistor", "quartz crystal", "fuse",
+    ), SMALL_PART),
+    **dict.fromkeys((
+        "transformer", "bridge rectifier", "555 timer IC", "4017 counter IC", "LM386 amplifier IC", "7805 regulator IC",
+        "seven-segment display", "relay", "DC motor", "lamp", "antenna", "speaker", "buzzer",
+    ), LARGE_PART),
+}
+
+# The parts of each function class, in the order of CIRCUIT_CLASSES.
+FUNCTION_PARTS: dict[str, tuple[str, ...]] = {
+    "power supply": ("transformer", "bridge rectifier", "electrolytic capacitor", "fuse"),
+    "LED": ("battery", "LED", "switch"),
+    "amplifier": ("NPN transistor", "electrolytic capacitor", "potentiometer"),
+    "sensor": ("light-dependent resistor", "op-amp", "LED"),
+    "motor driver": ("DC motor", "NPN transistor", "diode"),
+    "audio amplifier": ("LM386 amplifier IC", "speaker", "microphone"),
+    "dice": ("seven-segment display", "4017 counter IC", "pushbutton"),
+    "bell": ("speaker", "switch", "battery"),
+    "battery charger": ("transformer", "diode", "battery"),
+    "timer": ("555 timer IC", "electrolytic capacitor", "LED"),
+    "oscillator": ("NPN transistor", "quartz crystal", "inductor"),
+    "voltage regulator": ("7805 regulator IC", "electrolytic capacitor", "diode"),
+    "inverter": ("transformer", "NPN transistor", "PNP transistor", "battery"),
+    "metronome": ("555 timer IC", "speaker", "potentiometer"),
+    "alarm": ("555 timer IC", "buzzer", "switch"),
+    "radio transmitter": ("antenna", "NPN transistor", "microphone"),
+    "radio receiver": ("antenna", "diode", "speaker"),
+    "light dimmer": ("lamp", "thyristor", "potentiometer"),
+    "touch switch": ("relay", "NPN transistor", "pushbutton"),
+    "water level indicator": ("buzzer", "NPN transistor", "LED"),
+    "temperature controller": ("thermistor", "op-amp", "relay"),
+    "tone generator": ("555 timer IC", "speaker", "pushbutton"),
+    "voltage doubler": ("diode", "diode", "electrolytic capacitor"),
+    "battery monitor": ("battery", "zener diode", "LED"),
+    "fan controller": ("DC motor", "thermistor", "NPN transistor"),
+    "clap switch": ("microphone", "relay", "NPN transistor"),
+    "night lamp": ("light-dependent resistor", "relay", "lamp"),
+    "metal detector": ("inductor", "555 timer IC", "buzzer"),
+    "relay": ("relay", "diode", "NPN transistor"),
+    "jammer": ("antenna", "555 timer IC", "inductor"),
+    "intercom": ("LM386 amplifier IC", "speaker", "microphone", "switch"),
+    "signal fader": ("op-amp", "potentiometer", "electrolytic capacitor"),
+}
+assert tuple(FUNCTION_PARTS) == CIRCUIT_CLASSES
+
+# Reference designator prefix of each part, written beside it as on real schematics.
+_DESIGNATORS = {
+    "diode": "D", "LED": "D", "zener diode": "D", "thyristor": "SCR", "NPN transistor": "Q", "PNP transistor": "Q",
+    "electrolytic capacitor": "C", "battery": "B", "op-amp": "U", "switch": "S", "pushbutton": "S",
+    "potentiometer": "VR", "inductor": "L", "microphone": "MIC", "light-dependent resistor": "LDR", "thermistor": "TH",
+    "quartz crystal": "X", "fuse": "F", "transformer": "T", "bridge rectifier": "BR", "555 timer IC": "U",
+    "4017 counter IC": "U", "LM386 amplifier IC": "U", "7805 regulator IC": "U", "seven-segment display": "DS",
+    "relay": "K", "DC motor": "M", "lamp": "LP", "antenna": "ANT", "speaker": "LS", "buzzer": "BZ",
+}
 
 
-def class_key(label: int) -> tuple[str, bool]:
-    """(key symbol, reversed polarity) of a class label in [0, 32)."""
-    return KEY_SYMBOLS[label % len(KEY_SYMBOLS)], label >= len(KEY_SYMBOLS)
+def class_parts(label: int) -> tuple[str, ...]:
+    """The parts every circuit of class `label` (an index into CIRCUIT_CLASSES) holds."""
+    return FUNCTION_PARTS[CIRCUIT_CLASSES[label]]
 
 
 class _Frame:
@@ -33,6 +96,7 @@ class _Frame:
 
     def __init__(self, draw: ImageDraw.ImageDraw, cx: float, cy: float, half: float, angle_deg: int, width: int, ink):
         self.draw, self.cx, self.cy, self.half, self.width, self.ink = draw, cx, cy, half, width, ink
+        self.font = ImageFont.load_default(size=max(8, int(half * 0.42)))
         angle = math.radians(angle_deg)
         self.cos, self.sin = round(math.cos(angle)), round(math.sin(angle))
 
@@ -41,6 +105,13 @@ class _Frame:
 
     def line(self, *points: tuple[float, float], width: int | None = None) -> None:
         self.draw.line([self.point(*p) for p in points], fill=self.ink, width=width or self.width, joint="curve")
+
+    def rect(self, x0: float, y0: float, x1: float, y1: float) -> None:
+        self.polygon((x0, y0), (x1, y0), (x1, y1), (x0, y1))
+
+    def text(self, x: float, y: float, text: str) -> None:
+        """Upright text centred on a local point (part markings are not rotated with the part)."""
+        self.draw.text(self.point(x, y), text, fill=self.ink, font=self.font, anchor="mm")
 
     def polygon(self, *points: tuple[float, float], filled: bool = False) -> None:
         self.draw.polygon([self.point(*p) for p in points], outline=self.ink, fill=self.ink if filled else None, width=self.width)
@@ -67,11 +138,15 @@ class _Frame:
         self.polygon(end, left, right, filled=True)
 
 
-def _diode_body(f: _Frame) -> None:
-    f.line((-1, 0), (-0.45, 0))
-    f.line((0.45, 0), (1, 0))
-    f.polygon((-0.45, -0.45), (-0.45, 0.45), (0.45, 0), filled=True)
-    f.line((0.45, -0.45), (0.45, 0.45))
+def _leads(f: _Frame, left: float, right: float) -> None:
+    """The wire from each end of the part's span to its body."""
+    f.line((-1, 0), (left, 0))
+    f.line((right, 0), (1, 0))
+
+
+def _diode(f: _Frame, x0: float = -0.45, x1: float = 0.45) -> None:
+    f.polygon((x0, -0.45), (x0, 0.45), (x1, 0), filled=True)
+    f.line((x1, -0.45), (x1, 0.45))
 
 
 def _transistor(f: _Frame, pnp: bool) -> None:
@@ -86,38 +161,48 @@ def _transistor(f: _Frame, pnp: bool) -> None:
     f.line((0.35, 0.6), (0.75, 0.6), (1, 0))
 
 
-def _draw_key(f: _Frame, symbol: str) -> None:
-    if symbol in ("diode", "led", "photodiode", "thyristor"):
-        _diode_body(f)
-        if symbol == "led":
+def _ic(f: _Frame, marking: str, pins_per_side: int) -> None:
+    """A DIP package: a box with pins on both sides and its type number."""
+    height = 0.16 * pins_per_side + 0.1
+    _leads(f, -0.8, 0.8)
+    f.rect(-0.55, -height, 0.55, height)
+    for k in range(pins_per_side):
+        y = -height + 0.1 + (2 * height - 0.2) * (k + 0.5) / pins_per_side
+        f.line((-0.8, y), (-0.55, y))
+        f.line((0.55, y), (0.8, y))
+    f.text(0, 0, marking)
+
+
+def _draw_part(f: _Frame, part: str) -> None:
+    if part in ("diode", "LED"):
+        _leads(f, -0.45, 0.45)
+        _diode(f)
+        if part == "LED":
             f.arrow((0.0, -0.55), (0.35, -0.95), head=0.2)
             f.arrow((0.3, -0.45), (0.65, -0.85), head=0.2)
-        elif symbol == "photodiode":
-            f.arrow((0.35, -0.95), (0.0, -0.55), head=0.2)
-            f.arrow((0.65, -0.85), (0.3, -0.45), head=0.2)
-        elif symbol == "thyristor":
-            f.line((0.45, 0.2), (0.85, 0.7))
-    elif symbol == "zener":
-        f.line((-1, 0), (-0.45, 0))
-        f.line((0.45, 0), (1, 0))
+    elif part == "thyristor":
+        _leads(f, -0.45, 0.45)
+        _diode(f)
+        f.line((0.45, 0.2), (0.85, 0.7))
+    elif part == "zener diode":
+        _leads(f, -0.45, 0.45)
         f.polygon((-0.45, -0.45), (-0.45, 0.45), (0.45, 0), filled=True)
         f.line((0.25, -0.6), (0.45, -0.45), (0.45, 0.45), (0.65, 0.6))
-    elif symbol in ("npn", "pnp"):
-        _transistor(f, pnp=symbol == "pnp")
-    elif symbol == "electrolytic":
+    elif part in ("NPN transistor", "PNP transistor"):
+        _transistor(f, pnp=part == "PNP transistor")
+    elif part == "electrolytic capacitor":
         f.line((-1, 0), (-0.15, 0))
         f.line((-0.15, -0.5), (-0.15, 0.5))
         f.arc(0.75, 0, 0.65, 140, 220)
         f.line((0.1, 0), (1, 0))
         f.line((-0.55, -0.55), (-0.35, -0.55))
         f.line((-0.45, -0.65), (-0.45, -0.45))
-    elif symbol == "battery":
-        f.line((-1, 0), (-0.35, 0))
-        f.line((0.35, 0), (1, 0))
+    elif part == "battery":
+        _leads(f, -0.35, 0.35)
         for x in (-0.35, 0.15):
             f.line((x, -0.55), (x, 0.55))
             f.line((x + 0.2, -0.25), (x + 0.2, 0.25), width=f.width * 2)
-    elif symbol == "opamp":
+    elif part == "op-amp":
         f.polygon((-0.6, -0.8), (-0.6, 0.8), (0.7, 0))
         f.line((-1, 0), (-0.8, 0), (-0.8, -0.4), (-0.6, -0.4))
         f.line((-0.6, 0.4), (-0.8, 0.4), (-0.8, 0.75))
@@ -125,45 +210,132 @@ def _draw_key(f: _Frame, symbol: str) -> None:
         f.line((-0.5, 0.4), (-0.3, 0.4))
         f.line((-0.4, 0.3), (-0.4, 0.5))
         f.line((0.7, 0), (1, 0))
-    elif symbol == "speaker":
+    elif part == "speaker":
         f.line((-1, 0), (-0.55, 0))
         f.polygon((-0.55, -0.3), (-0.2, -0.3), (-0.2, 0.3), (-0.55, 0.3))
         f.polygon((-0.2, -0.3), (0.35, -0.75), (0.35, 0.75), (-0.2, 0.3))
         f.line((0.35, 0.75), (1, 0.75), (1, 0))
-    elif symbol == "switch":
-        f.line((-1, 0), (-0.55, 0))
+    elif part == "switch":
+        _leads(f, -0.55, 0.55)
         f.circle(-0.5, 0, 0.07, filled=True)
         f.line((-0.5, 0), (0.45, -0.45))
         f.circle(0.5, 0, 0.07, filled=True)
-        f.line((0.55, 0), (1, 0))
-    elif symbol == "pushbutton":
-        f.line((-1, 0), (-0.5, 0))
-        f.line((0.5, 0), (1, 0))
+    elif part == "pushbutton":
+        _leads(f, -0.5, 0.5)
         f.circle(-0.5, 0, 0.08, filled=True)
         f.circle(0.5, 0, 0.08, filled=True)
         f.line((-0.55, -0.3), (0.55, -0.3))
         f.line((0, -0.3), (0, -0.75))
         f.line((-0.25, -0.75), (0.25, -0.75))
-    elif symbol == "potentiometer":
+    elif part == "potentiometer":
         _resistor(f)
         f.arrow((0.25, 0.85), (0.0, 0.3), head=0.22)
-    elif symbol == "inductor":
-        f.line((-1, 0), (-0.6, 0))
+    elif part == "inductor":
+        _leads(f, -0.6, 0.6)
         for i in range(4):
             f.arc(-0.45 + 0.3 * i, 0, 0.15, 180, 360)
-        f.line((0.6, 0), (1, 0))
-    elif symbol == "microphone":
+    elif part == "microphone":
         f.line((-1, 0), (-0.65, 0))
         f.circle(-0.2, 0, 0.45)
         f.line((-0.65, -0.45), (-0.65, 0.45))
         f.line((0.25, 0), (1, 0))
+    elif part == "light-dependent resistor":
+        f.circle(0, 0, 0.75)
+        _resistor(f, scale=0.55)
+        f.arrow((-0.85, -1.05), (-0.4, -0.6), head=0.2)
+        f.arrow((-0.45, -1.2), (0.0, -0.75), head=0.2)
+    elif part == "thermistor":
+        _leads(f, -0.5, 0.5)
+        f.rect(-0.5, -0.22, 0.5, 0.22)
+        f.line((-0.6, 0.5), (0.45, -0.5), (0.7, -0.5))
+    elif part == "quartz crystal":
+        _leads(f, -0.35, 0.35)
+        f.line((-0.35, -0.45), (-0.35, 0.45))
+        f.line((0.35, -0.45), (0.35, 0.45))
+        f.rect(-0.18, -0.55, 0.18, 0.55)
+    elif part == "fuse":
+        f.rect(-0.5, -0.2, 0.5, 0.2)
+        f.line((-1, 0), (1, 0))
+    elif part == "transformer":
+        f.line((-1, 0), (-0.75, 0), (-0.75, -0.6), (-0.35, -0.6))
+        f.line((-0.35, 0.6), (-0.75, 0.6), (-0.75, 0.8))
+        f.line((1, 0), (0.75, 0), (0.75, -0.6), (0.35, -0.6))
+        f.line((0.35, 0.6), (0.75, 0.6), (0.75, 0.8))
+        for i in range(4):
+            f.arc(-0.35, -0.45 + 0.3 * i, 0.15, 270, 450)
+            f.arc(0.35, -0.45 + 0.3 * i, 0.15, 90, 270)
+        for x in (-0.08, 0.08):
+            f.line((x, -0.7), (x, 0.7))
+    elif part == "bridge rectifier":
+        _leads(f, -0.8, 0.8)
+        corners = ((-0.8, 0), (0, -0.8), (0.8, 0), (0, 0.8))
+        for (ax, ay), (bx, by) in zip(corners, corners[1:] + corners[:1]):
+            f.line((ax, ay), (bx, by))
+            # A small diode mid-side, pointing from the left corner round to the right one.
+            if ax > bx:
+                (ax, ay), (bx, by) = (bx, by), (ax, ay)
+            mx, my, dx, dy = (ax + bx) / 2, (ay + by) / 2, (bx - ax) * 0.2, (by - ay) * 0.2
+            f.polygon((mx - dx - dy, my - dy + dx), (mx - dx + dy, my - dy - dx), (mx + dx, my + dy), filled=True)
+            f.line((mx + dx - dy, my + dy + dx), (mx + dx + dy, my + dy - dx))
+    elif part == "555 timer IC":
+        _ic(f, "555", 4)
+    elif part == "4017 counter IC":
+        _ic(f, "4017", 8)
+    elif part == "LM386 amplifier IC":
+        _ic(f, "LM386", 4)
+    elif part == "7805 regulator IC":
+        _leads(f, -0.6, 0.6)
+        f.rect(-0.6, -0.4, 0.6, 0.4)
+        f.line((0, 0.4), (0, 0.8))
+        f.text(0, 0, "7805")
+    elif part == "seven-segment display":
+        _leads(f, -0.75, 0.75)
+        f.rect(-0.55, -0.95, 0.55, 0.95)
+        for k in range(5):
+            y = -0.75 + 0.375 * k
+            f.line((-0.75, y), (-0.55, y))
+            f.line((0.55, y), (0.75, y))
+        segments = (((-0.25, -0.65), (0.25, -0.65)), ((-0.25, 0), (0.25, 0)), ((-0.25, 0.65), (0.25, 0.65)),
+                    ((-0.3, -0.6), (-0.3, -0.05)), ((0.3, -0.6), (0.3, -0.05)), ((-0.3, 0.05), (-0.3, 0.6)), ((0.3, 0.05), (0.3, 0.6)))
+        for a, b in segments:
+            f.line(a, b, width=f.width * 2)
+    elif part == "relay":
+        _leads(f, -0.85, 0.8)
+        f.rect(-0.85, -0.45, -0.15, 0.45)
+        f.line((-0.85, 0.45), (-0.15, -0.45))
+        f.line((-0.15, 0), (0.2, 0))
+        f.circle(0.2, 0, 0.06, filled=True)
+        f.line((0.2, 0), (0.75, -0.35))
+        f.circle(0.8, 0, 0.06, filled=True)
+        for k in range(3):  # the dashed coupling from coil to contact
+            f.line((-0.1 + 0.2 * k, -0.3), (0.0 + 0.2 * k, -0.3))
+    elif part == "DC motor":
+        _leads(f, -0.6, 0.6)
+        f.circle(0, 0, 0.6)
+        f.text(0, 0, "M")
+    elif part == "lamp":
+        _leads(f, -0.55, 0.55)
+        f.circle(0, 0, 0.55)
+        f.line((-0.39, -0.39), (0.39, 0.39))
+        f.line((-0.39, 0.39), (0.39, -0.39))
+    elif part == "antenna":
+        f.line((-1, 0), (1, 0))
+        f.circle(0, 0, 0.06, filled=True)
+        f.line((0, 0), (0, -1.3))
+        f.line((-0.45, -1.5), (0, -1.1), (0.45, -1.5))
+    elif part == "buzzer":
+        _leads(f, -0.6, 0.6)
+        f.line((-0.6, 0), (0.6, 0))
+        f.arc(0, 0, 0.6, 180, 360)
+        f.text(-0.75, -0.4, "+")
     else:
-        raise ValueError(f"unknown key symbol {symbol!r}")
+        raise ValueError(f"unknown circuit part {part!r}")
 
 
-def _resistor(f: _Frame) -> None:
-    zigzag = [(-1, 0), (-0.6, 0)] + [(-0.5 + 0.2 * i, 0.3 if i % 2 == 0 else -0.3) for i in range(6)] + [(0.6, 0), (1, 0)]
-    f.line(*zigzag)
+def _resistor(f: _Frame, scale: float = 1.0) -> None:
+    """A zigzag; `scale` < 1 draws a smaller one inside a symbol (its leads still reach the span's ends)."""
+    zigzag = [(scale * (-0.5 + 0.2 * i), scale * (0.3 if i % 2 == 0 else -0.3)) for i in range(6)]
+    f.line((-1, 0), (-0.6 * scale, 0), *zigzag, (0.6 * scale, 0), (1, 0))
 
 
 def _capacitor(f: _Frame) -> None:
@@ -200,8 +372,8 @@ def _spanning_edges(rng: np.random.Generator, cols: int, rows: int) -> set[tuple
 
 
 def render_circuit(label: int, rng: np.random.Generator) -> Image.Image:
-    """One 224 px RGB schematic of class `label`."""
-    symbol, reverse = class_key(label)
+    """One 224 px RGB schematic of class `label`: its function's parts on a random wire network."""
+    parts = class_parts(label)
     size = IMAGE_SIZE * _SUPERSAMPLE
     shade, yellowing = int(rng.integers(0, 12)), int(rng.integers(0, 14))
     paper = (255 - shade, 255 - shade, 255 - shade - yellowing)
@@ -211,53 +383,61 @@ def render_circuit(label: int, rng: np.random.Generator) -> Image.Image:
     width = int(rng.integers(2, 4))
     font = ImageFont.load_default(size=int(rng.integers(13, 18)))
 
-    cols, rows = int(rng.integers(4, 6)), int(rng.integers(3, 5))
+    cols, rows = int(rng.integers(3, 6)), int(rng.integers(3, 5))
     margin = size * 0.1
     xs = np.sort(rng.uniform(0, 1, cols)) * 0.25 + np.linspace(0, 0.75, cols)
     ys = np.sort(rng.uniform(0, 1, rows)) * 0.25 + np.linspace(0, 0.75, rows)
     xs = margin + xs / xs.max() * (size - 2 * margin)
     ys = margin + ys / ys.max() * (size - 2 * margin)
     edges = sorted(_spanning_edges(rng, cols, rows))
-    # The key symbol sits on two edges long enough to hold it; distractors fill the rest.
-    half = 20.0
-    long_edges = [i for i, (a, b) in enumerate(edges) if math.hypot(xs[a[0]] - xs[b[0]], ys[a[1]] - ys[b[1]]) > 3.2 * half]
-    key_edges = set(rng.choice(long_edges, size=min(2, len(long_edges)), replace=False).tolist())
+    lengths = [math.hypot(xs[a[0]] - xs[b[0]], ys[a[1]] - ys[b[1]]) for a, b in edges]
+
+    # The function's parts, large ones first, each on a random free edge long enough to hold it
+    # (or, failing that, the longest free edge, the part drawn smaller to fit).
+    placed: dict[int, tuple[str, float]] = {}
+    for part in sorted(parts, key=lambda p: -PART_SIZES[p]):
+        half = PART_SIZES[part]
+        free = [i for i in range(len(edges)) if i not in placed]
+        fitting = [i for i in free if lengths[i] > _SPAN_FIT * half]
+        edge = int(rng.choice(fitting)) if fitting else max(free, key=lambda i: lengths[i])
+        placed[edge] = (part, min(half, lengths[edge] / _SPAN_FIT))
     degree: dict[tuple[int, int], int] = {}
-    counters = {"R": 0, "C": 0, "Q": 0}
+    counters: dict[str, int] = {}
     for i, (a, b) in enumerate(edges):
         degree[a] = degree.get(a, 0) + 1
         degree[b] = degree.get(b, 0) + 1
         (x0, y0), (x1, y1) = (xs[a[0]], ys[a[1]]), (xs[b[0]], ys[b[1]])
         horizontal = y0 == y1
-        length = abs(x1 - x0) if horizontal else abs(y1 - y0)
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        if i in key_edges:
-            kind = "key"
-        elif length > 3.2 * half:
-            kind = str(rng.choice(["wire", "resistor", "resistor", "capacitor"]))
+        if i in placed:
+            part, half = placed[i]
+        elif lengths[i] > _SPAN_FIT * SMALL_PART:
+            part, half = str(rng.choice(["wire", "resistor", "resistor", "capacitor"])), SMALL_PART
         else:
-            kind = "wire"
-        if kind == "wire":
+            part = "wire"
+        if part == "wire":
             draw.line([(x0, y0), (x1, y1)], fill=ink, width=width)
             continue
-        # Wire up to the symbol's ends, then the symbol in its own frame.
+        # Wire up to the part's ends, then the part in its own frame, in a random orientation.
         if horizontal:
             draw.line([(x0, y0), (cx - half, cy)], fill=ink, width=width)
             draw.line([(cx + half, cy), (x1, y1)], fill=ink, width=width)
         else:
             draw.line([(x0, y0), (cx, cy - half)], fill=ink, width=width)
             draw.line([(cx, cy + half), (x1, y1)], fill=ink, width=width)
-        base_angle = 0 if horizontal else 90
-        if kind == "key":
-            frame = _Frame(draw, cx, cy, half, base_angle + (180 if reverse else 0), width, ink)
-            _draw_key(frame, symbol)
-            prefix = "Q"
+        angle = (0 if horizontal else 90) + (180 if rng.random() < 0.5 else 0)
+        frame = _Frame(draw, cx, cy, half, angle, width, ink)
+        if part == "resistor":
+            _resistor(frame)
+            prefix = "R"
+        elif part == "capacitor":
+            _capacitor(frame)
+            prefix = "C"
         else:
-            frame = _Frame(draw, cx, cy, half, base_angle, width, ink)
-            (_resistor if kind == "resistor" else _capacitor)(frame)
-            prefix = "R" if kind == "resistor" else "C"
-        counters[prefix] += 1
-        offset = (-8, -half - 20) if horizontal else (half + 6, -8)
+            _draw_part(frame, part)
+            prefix = _DESIGNATORS[part]
+        counters[prefix] = counters.get(prefix, 0) + 1
+        offset = (-8, -1.6 * half - 14) if horizontal else (1.6 * half + 6, -8)
         draw.text((cx + offset[0], cy + offset[1]), f"{prefix}{counters[prefix]}", fill=ink, font=font)
     for node, count in degree.items():
         if count >= 3:

@@ -22,15 +22,16 @@ from ..errors import InputError
 from . import circuits, drawings, maps
 from .plan import CIRCUIT_CLASSES, TASKS, circuit_plan, drawing_plan, map_plan
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: circuit functions are sets of parts
 MANIFEST = "synth.json"
 _TASK_CODES = {"circuits": 1, "historic-maps": 2, "mechanical-drawing": 3}
 
 
 def default_root(seed: int = 0, scale: float = 1.0) -> Path:
-    """Cache folder for a (seed, scale): $LOWRES_SYNTH_DIR or ~/.cache/lowres/synth, one subfolder each."""
+    """Cache folder for a (seed, scale) of this generator version: $LOWRES_SYNTH_DIR or ~/.cache/lowres/synth,
+    one subfolder each, so a benchmark rendered by an earlier version is kept, not refused or mixed."""
     base = Path(os.environ.get("LOWRES_SYNTH_DIR", Path.home() / ".cache" / "lowres" / "synth"))
-    return base / (f"seed{seed}" if scale == 1.0 else f"seed{seed}-scale{scale:g}")
+    return base / (f"v{GENERATOR_VERSION}-seed{seed}" if scale == 1.0 else f"v{GENERATOR_VERSION}-seed{seed}-scale{scale:g}")
 
 
 def _rng(seed: int, task: str, *keys: int) -> np.random.Generator:
@@ -207,7 +208,7 @@ def _read_rows(path: Path) -> list[list[str]]:
         return list(csv.reader(f))[1:]
 
 
-def sample_grid(root: str | os.PathLike, task: str, *, columns: int = 4, thumb: int = 160) -> Image.Image:
+def sample_grid(root: str | os.PathLike, task: str, *, columns: int = 4, thumb: int = 192) -> Image.Image:
     """A small captioned grid of train examples: circuits of classes that differ in one detail,
     old maps over their satellite images, drawings over their renders."""
     root = Path(root)
@@ -216,14 +217,11 @@ def sample_grid(root: str | os.PathLike, task: str, *, columns: int = 4, thumb: 
         first_of_label: dict[int, str] = {}
         for _, filename, label in _read_rows(root / task / "train_5_shots.csv"):
             first_of_label.setdefault(int(label), filename)
-        half = len(circuits.KEY_SYMBOLS)
-        # Pairs (c, c + 16): the same key symbol in opposite polarity.
-        labels = [label for base in range(columns) for label in (base, base + half) if label in first_of_label][: 2 * columns]
-        cells = []
-        for label in labels:
-            symbol, reverse = circuits.class_key(label)
-            cells.append((root / task / "data" / first_of_label[label], f"{names[str(label)]}\nkey: {symbol}{' (reversed)' if reverse else ''}"))
-        cells = cells[0::2] + cells[1::2]  # first row c, second row c + 16
+        # Sibling functions: the same parts but one (a 555 timer with a speaker and a pot, a buzzer, a button).
+        labels = [CIRCUIT_CLASSES.index(name) for name in ("metronome", "alarm", "tone generator", "timer",
+                                                            "audio amplifier", "intercom", "bell", "radio receiver")]
+        cells = [(root / task / "data" / first_of_label[label], f"{names[str(label)]}\n{', '.join(p.split()[0] for p in circuits.class_parts(label))}")
+                 for label in labels if label in first_of_label][: 2 * columns]
     elif task == "historic-maps":
         rows = _read_rows(root / task / "train.csv")[:columns]
         folder = root / task / "Satellite"
