@@ -1,5 +1,6 @@
 """The shipped CLIP is a backbone that adaptation can learn from: on a small split of held-out
-corpus images, the linear probe and AdaptFormer beat chance by a clear margin, and the loss falls."""
+corpus images, the linear probe and AdaptFormer beat chance by a clear margin, and the loss falls;
+on the synthetic circuits, the linear probe tells functions apart well above chance."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from lowres_vision.config import TrainConfig
 from lowres_vision.models.backbone import SHIPPED_CHECKPOINT, checkpoint_config
 from lowres_vision.pretrain import render_sample
+from lowres_vision.synth import generate
 from lowres_vision.training import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -69,3 +71,13 @@ def test_zeroshot_uses_the_shipped_clip_by_default_and_its_text_tower_names_the_
     assert "random initialisation" not in capsys.readouterr().out
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["top1"] >= 2 * 100 / len(CLASSES), metrics
+
+
+def test_the_linear_probe_tells_synthetic_circuit_functions_apart(tmp_path):
+    # The demo's setting: the synthetic circuits at full size (154 train images, 1,078 test images over
+    # 29 of the 32 functions), 70 px. Measured: 7.0 % top-1; one standard error is ~0.8 points, so
+    # 5 % is a clear margin over the 3.1 % of guessing.
+    root = generate(tmp_path / "synth", tasks=["circuits"], workers=1, progress=False)
+    cfg = TrainConfig(task="circuits", data_root=str(root), checkpoint=SHIPPED_CHECKPOINT, image_size=70,
+                      linear_probe="logreg", out=str(tmp_path / "probe"), eval_every=0, seed=0)
+    assert train(cfg)["top1"] >= 5.0
