@@ -110,6 +110,8 @@ def test_plot_of_a_missing_run_and_synth_of_a_bad_scale(tmp_path, capsys):
     assert one_line_error(capsys.readouterr(), "plot").startswith(f"{tmp_path / 'empty'}: nothing to plot")
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--data", str(tmp_path / "synth"), "--workers", "-1"]) == 2
     assert one_line_error(capsys.readouterr(), "demo") == "workers must be >= 0, got -1"
+    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--data", str(tmp_path / "synth"), "--image-cache-mb", "-1"]) == 2
+    assert one_line_error(capsys.readouterr(), "demo") == "image_cache_mb must be >= 0, got -1"
     assert not (tmp_path / "demo").exists()
     assert cli.main(["synth", "--out", str(tmp_path / "synth"), "--scale", "0"]) == 2
     assert one_line_error(capsys.readouterr(), "synth") == "--scale must be in (0, 1], got 0.0"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..data import PairDataset, load_image
+from ..data import PairDataset, load_transformed
 from .cache import file_sha256, read_manifest
 
 
@@ -97,7 +97,7 @@ class AugmentedDataset(Dataset):
             return image, label, torch.tensor(1.0)
         # `.labels` spares decoding the original just to read its label.
         label = self.base.labels[index] if hasattr(self.base, "labels") else self.base[index][1]
-        return self.transform(load_image(replacement)), label, torch.tensor(self.replaced_weight)
+        return load_transformed(replacement, self.transform), label, torch.tensor(self.replaced_weight)
 
 
 class AugmentedPairDataset(Dataset):
@@ -151,7 +151,7 @@ class AugmentedPairDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         query, gallery, replaced = self.pair(index)
         weight = self.replaced_weight if replaced else 1.0
-        return self.transform(load_image(query)), self.transform(load_image(gallery)), torch.tensor(weight)
+        return load_transformed(query, self.transform), load_transformed(gallery, self.transform), torch.tensor(weight)
 
 
 class BreakingPairs(Dataset):
@@ -172,4 +172,4 @@ class BreakingPairs(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         breaking, partner = self.pairs[index]
-        return self.transform(load_image(breaking)), self.transform(load_image(partner))
+        return load_transformed(breaking, self.transform), load_transformed(partner, self.transform)

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..data import DatasetFormatError, load_image
+from ..data import DatasetFormatError, load_transformed
 from .cache import read_manifest
 
 
@@ -62,5 +62,5 @@ class WithHardNegatives(Dataset):
         if index < len(self.base):
             return self.base[index]
         negative = index - len(self.base)
-        image, label = self.transform(load_image(self.paths[negative])), self.labels[negative]
+        image, label = load_transformed(self.paths[negative], self.transform), self.labels[negative]
         return (image, label, torch.tensor(1.0)) if self.weighted else (image, label)

@@ -43,7 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=defaults.threads,
                         help=f"torch CPU threads (default {defaults.threads}: fastest for the small shipped ViT; 0 keeps torch's default)")
     parser.add_argument("--workers", type=int, default=defaults.workers,
-                        help=f"data loading worker processes per run (default {defaults.workers}; 0 loads in the main process)")
+                        help=f"data loading worker processes per run (default {defaults.workers}: the main process loads, "
+                             "from the image cache)")
+    parser.add_argument("--image-cache-mb", type=int, default=defaults.image_cache_mb,
+                        help=f"megabytes of decoded, resized images kept across the runs (default {defaults.image_cache_mb}; "
+                             "0: off). Workers do not share the cache: with --workers > 0 it only holds what the main process reads")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
     parser.set_defaults(func=run_demo_command)
 
@@ -60,7 +64,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         zero_shot=not args.no_zero_shot, epochs=args.epochs, image_size=args.image_size,
         batch_size=args.batch_size, lr=args.lr, backbone=args.backbone, pretrained=args.pretrained,
         checkpoint=args.checkpoint, device=args.device, threads=args.threads or None, workers=args.workers,
-        plots=not args.no_plots,
+        image_cache_mb=args.image_cache_mb, plots=not args.no_plots,
     )
     run_demo(settings)
     return 0

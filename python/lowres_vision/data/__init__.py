@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .cache import cached_images, load_transformed
 from .datasets import ClassificationDataset, EpochSeededDataset, ImageListDataset, PairDataset, seeded_rngs
 from .generic import load_image_folder, load_paired_csv
 from .io import DatasetFormatError, ImageReadError, load_image
@@ -55,6 +56,6 @@ def load_split(task: str, root: Path | str, split: str) -> ClassificationSplit |
 __all__ = [
     "CLASSIFICATION_TASKS", "CLIP_MEAN", "CLIP_STD", "ClassificationDataset", "ClassificationSplit", "DatasetFormatError",
     "EpochSeededDataset", "ImageListDataset", "ImageReadError", "PairDataset", "RETRIEVAL_TASKS", "RetrievalSplit",
-    "TASKS", "TaskSpec", "batch_mixing", "eval_transform", "is_retrieval", "load_circuits", "load_historic_maps", "load_image", "load_image_folder",
-    "load_mechanical_drawing", "load_paired_csv", "load_split", "register_task", "seeded_rngs", "split_exists", "task_names", "task_spec", "train_transform",
+    "TASKS", "TaskSpec", "batch_mixing", "cached_images", "eval_transform", "is_retrieval", "load_circuits", "load_historic_maps", "load_image", "load_image_folder",
+    "load_mechanical_drawing", "load_paired_csv", "load_split", "load_transformed", "register_task", "seeded_rngs", "split_exists", "task_names", "task_spec", "train_transform",
 ]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .io import load_image
+from .cache import load_transformed
 from .splits import ClassificationSplit, RetrievalSplit
 
 Transform = Callable[[object], torch.Tensor]
@@ -28,7 +28,7 @@ class ClassificationDataset(Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(load_image(self.paths[index])), self.labels[index]
+        return load_transformed(self.paths[index], self.transform), self.labels[index]
 
 
 class PairDataset(Dataset):
@@ -66,7 +66,7 @@ class PairDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         query, gallery = self.pair(index)
-        return self.transform(load_image(query)), self.transform(load_image(gallery))
+        return load_transformed(query, self.transform), load_transformed(gallery, self.transform)
 
 
 class ImageListDataset(Dataset):
@@ -79,7 +79,7 @@ class ImageListDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(load_image(self.paths[index]))
+        return load_transformed(self.paths[index], self.transform)
 
 
 @contextlib.contextmanager

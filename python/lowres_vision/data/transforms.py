@@ -15,13 +15,16 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def eval_transform(image_size: int = 224, *, mean=CLIP_MEAN, std=CLIP_STD) -> T.Compose:
-    """Resize the short side to `image_size` (bicubic), centre crop, CLIP normalisation."""
-    return T.Compose([
+    """Resize the short side to `image_size` (bicubic), centre crop, CLIP normalisation. Deterministic:
+    it carries the `cache_key` under which data.cache may keep its outputs."""
+    transform = T.Compose([
         T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
         T.CenterCrop(image_size),
         T.ToTensor(),
         T.Normalize(mean, std),
     ])
+    transform.cache_key = ("resize-crop-normalize", image_size, tuple(mean), tuple(std))
+    return transform
 
 
 def train_transform(image_size: int = 224, *, augment: bool = False, random_erasing: float = 0.0,
@@ -32,7 +35,10 @@ def train_transform(image_size: int = 224, *, augment: bool = False, random_eras
 
     No flips: text in circuit diagrams and the orientation of maps carry meaning.
     """
-    steps = list(eval_transform(image_size, mean=mean, std=std).transforms)
+    evaluation = eval_transform(image_size, mean=mean, std=std)
+    if not augment and random_erasing == 0:
+        return evaluation
+    steps = list(evaluation.transforms)
     if augment:  # the random crop replaces resize and centre crop
         steps[:2] = [T.RandomResizedCrop(image_size, scale=(0.9, 1.0), ratio=(0.9, 1.1), interpolation=T.InterpolationMode.BICUBIC)]
     if random_erasing > 0:

@@ -62,11 +62,12 @@ class ResumableDistributedSampler(DistributedSampler):
     def __len__(self) -> int:
         return self.num_samples - self.start_index
 
+
 def reduce_step(loss: torch.Tensor, counts: list[int], world_size: int) -> tuple[float, list[int]]:
     """A step's loss averaged and its sample counts summed over ranks, in one collective (float64 holds
     the counts exactly). Every rank gets the same loss, so all stop or skip a non-finite step together."""
     if world_size == 1:
-        return float(loss), counts
+        return float(loss.detach()), counts
     stats = torch.cat([loss.detach().reshape(1).double(), torch.tensor(counts, dtype=torch.float64, device=loss.device)])
     dist.all_reduce(stats)
     return float(stats[0]) / world_size, [int(count) for count in stats[1:].tolist()]
