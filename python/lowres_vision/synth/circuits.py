@@ -12,6 +12,7 @@ so the layout does not identify the class.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -91,12 +92,18 @@ def class_parts(label: int) -> tuple[str, ...]:
     return FUNCTION_PARTS[CIRCUIT_CLASSES[label]]
 
 
+@functools.lru_cache(maxsize=None)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """PIL's default font at `size` px, loaded once per size (loading it costs more than drawing a part)."""
+    return ImageFont.load_default(size=size)
+
+
 class _Frame:
     """Maps symbol-local coordinates (the symbol spans x in [-1, 1] along its wire) to pixels."""
 
     def __init__(self, draw: ImageDraw.ImageDraw, cx: float, cy: float, half: float, angle_deg: int, width: int, ink):
         self.draw, self.cx, self.cy, self.half, self.width, self.ink = draw, cx, cy, half, width, ink
-        self.font = ImageFont.load_default(size=max(8, int(half * 0.42)))
+        self.font = _font(max(8, int(half * 0.42)))
         angle = math.radians(angle_deg)
         self.cos, self.sin = round(math.cos(angle)), round(math.sin(angle))
 
@@ -381,7 +388,7 @@ def render_circuit(label: int, rng: np.random.Generator) -> Image.Image:
     draw = ImageDraw.Draw(image)
     ink = tuple(int(v) for v in rng.integers(0, 60, 3))
     width = int(rng.integers(2, 4))
-    font = ImageFont.load_default(size=int(rng.integers(13, 18)))
+    font = _font(int(rng.integers(13, 18)))
 
     cols, rows = int(rng.integers(3, 6)), int(rng.integers(3, 5))
     margin = size * 0.1
