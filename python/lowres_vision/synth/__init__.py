@@ -1,7 +1,7 @@
 """A procedurally generated stand-in for the LITE benchmark (numpy + PIL only), in LITE's layout.
 
     from lowres_vision.synth import generate
-    root = generate(seed=0)            # ~/.cache/lowres/synth/seed0, written once
+    root = generate(seed=0)            # ~/.cache/lowres/synth/v2-seed0, written once
     root = generate("/tmp/lite", scale=0.05, tasks=["circuits"])
 """
 
