@@ -18,8 +18,8 @@ the paper's.
 from __future__ import annotations
 
 import contextlib
-
 import json
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -97,7 +97,7 @@ class DemoSettings:
     # for all 45 runs, so loading in the main process and computing on both cores is fastest: on 2 cores,
     # one seed of every configuration took 185 s with 1 thread and 1 worker, 109 s with the cache,
     # 0 workers and 1 thread, and 68 s with 2 threads (identical results).
-    threads: Optional[int] = 2
+    threads: Optional[int] = field(default_factory=lambda: min(2, os.cpu_count() or 1))
     workers: int = 0
     # Megabytes of preprocessed images kept in memory across the runs (data.cache; 0: off). The
     # synthetic benchmark at 70 px needs ~290 MB; the least recently used images go beyond the limit.
@@ -233,6 +233,7 @@ def _run_demo(settings: DemoSettings) -> dict:
     from tqdm.auto import tqdm
 
     from .config import TrainConfig
+    from .data import cached_images
     from .plots import plot_results, plot_run
     from .synth import default_root, generate, is_generated
     from .training import train
@@ -246,8 +247,6 @@ def _run_demo(settings: DemoSettings) -> dict:
     per_seed: dict[str, dict[str, list[dict[str, float]]]] = {name: {} for name in settings.configurations}
     seconds: dict[str, dict[str, float]] = {name: {} for name in settings.configurations}
     runs = [(name, task, seed) for name in settings.configurations for task in settings.tasks for seed in settings.training_seeds]
-    from .data import cached_images
-
     cache = cached_images(settings.image_cache_mb << 20) if settings.image_cache_mb else contextlib.nullcontext()
     with cache, tqdm(runs, desc="demo", unit="run", dynamic_ncols=True) as bar:
         for name, task, seed in bar:

@@ -13,7 +13,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from lowres_vision.config import TrainConfig
-from lowres_vision.data import cached_images, eval_transform, load_image, load_transformed, train_transform
+from torch.utils.data import DataLoader
+
+from lowres_vision.data import ImageListDataset, cached_images, eval_transform, load_image, load_transformed, train_transform
 from lowres_vision.data.cache import ImageCache
 from lowres_vision.models.backbone import SHIPPED_CHECKPOINT
 from lowres_vision.synth import generate
@@ -43,23 +45,41 @@ def test_a_cached_image_is_what_the_transform_gives_and_a_private_copy(tmp_path)
 
 
 def test_a_rewritten_file_is_read_again(tmp_path):
-    path = tmp_path / "a.png"
+    # BMP: the same size whatever the pixels, so only the file's times tell the two versions apart.
+    path = tmp_path / "a.bmp"
     _image(path, 0)
     transform = eval_transform(28)
-    with cached_images(1 << 20):
+    with cached_images(1 << 20) as cache:
         before = load_transformed(path, transform)
+        size, mtime = path.stat().st_size, path.stat().st_mtime_ns
         _image(path, 1)
-        stat = path.stat()
-        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # even within one mtime tick
+        os.utime(path, ns=(mtime, mtime))  # the same size and mtime: the change time still differs
+        assert path.stat().st_size == size
         after = load_transformed(path, transform)
+        assert cache.misses == 2
     assert not torch.equal(before, after)
     assert torch.equal(after, transform(load_image(path)))
+
+
+def test_data_loader_workers_bypass_the_cache(tmp_path):
+    paths = [tmp_path / f"{i}.png" for i in range(4)]
+    for i, path in enumerate(paths):
+        _image(path, i)
+    dataset = ImageListDataset(paths, eval_transform(28))
+    with cached_images(1 << 20) as cache:
+        in_workers = torch.cat(list(DataLoader(dataset, batch_size=2, num_workers=1)))
+        assert len(cache) == 0  # what a worker would add dies with it, so it adds nothing
+        in_main = torch.cat(list(DataLoader(dataset, batch_size=2, num_workers=0)))
+        assert len(cache) == 4
+    assert torch.equal(in_workers, in_main)
 
 
 def test_random_transforms_are_not_cached(tmp_path):
     path = tmp_path / "a.png"
     _image(path, 0)
     assert getattr(train_transform(28), "cache_key", None) == eval_transform(28).cache_key
+    with pytest.raises(AttributeError):  # a deterministic transform cannot grow a random step
+        eval_transform(28).transforms.append(None)
     with cached_images(1 << 20) as cache:
         for transform in (train_transform(28, augment=True), train_transform(28, random_erasing=0.5)):
             assert getattr(transform, "cache_key", None) is None

@@ -73,6 +73,7 @@ def test_zeroshot_uses_the_shipped_clip_by_default_and_its_text_tower_names_the_
     assert metrics["top1"] >= 2 * 100 / len(CLASSES), metrics
 
 
+@pytest.mark.slow
 def test_the_linear_probe_tells_synthetic_circuit_functions_apart(tmp_path):
     # The demo's setting: the synthetic circuits at full size (154 train images, 1,078 test images over
     # 29 of the 32 functions), 70 px. Measured: 7.0 % top-1; one standard error is ~0.8 points, so

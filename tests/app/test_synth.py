@@ -166,6 +166,30 @@ def test_a_circuit_draws_exactly_its_functions_parts(monkeypatch):
         draw_part(None, "flux capacitor")
 
 
+def test_every_part_stays_on_the_sheet(monkeypatch):
+    # Every point and circle a part draws lies inside the image: the class-defining parts are never cut off.
+    size = circuits.IMAGE_SIZE * circuits._SUPERSAMPLE
+    extents: list[tuple[str, float, float]] = []
+
+    class RecordingFrame(circuits._Frame):
+        def point(self, x, y):
+            px, py = super().point(x, y)
+            extents.append((px, py))
+            return px, py
+
+        def circle(self, x, y, radius, filled=False):
+            for dx, dy in ((radius, 0), (-radius, 0), (0, radius), (0, -radius)):
+                self.point(x + dx, y + dy)
+            super().circle(x, y, radius, filled)
+
+    monkeypatch.setattr(circuits, "_Frame", RecordingFrame)
+    for label in range(len(CIRCUIT_CLASSES)):
+        for seed in range(6):
+            render_circuit(label, np.random.default_rng(seed))
+    xs, ys = np.array(extents).T
+    assert xs.min() >= 0 and ys.min() >= 0 and xs.max() <= size and ys.max() <= size, (xs.min(), ys.min(), xs.max(), ys.max())
+
+
 def test_sibling_circuits_differ_only_where_the_part_differs():
     # Metronome and tone generator share a 555 and a speaker; a potentiometer or a pushbutton (same
     # size, so the same layout from the same seed) decides the function.

@@ -41,13 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--checkpoint", default=None, help="local open_clip checkpoint file (default: the shipped CLIP)")
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=defaults.threads,
-                        help=f"torch CPU threads (default {defaults.threads}: fastest for the small shipped ViT; 0 keeps torch's default)")
+                        help=f"torch CPU threads (default {defaults.threads}: up to 2, fastest for the small shipped ViT loading in the main process; 0 keeps torch's default)")
     parser.add_argument("--workers", type=int, default=defaults.workers,
                         help=f"data loading worker processes per run (default {defaults.workers}: the main process loads, "
-                             "from the image cache)")
+                             "through the image cache; workers bypass it)")
     parser.add_argument("--image-cache-mb", type=int, default=defaults.image_cache_mb,
                         help=f"megabytes of decoded, resized images kept across the runs (default {defaults.image_cache_mb}; "
-                             "0: off). Workers do not share the cache: with --workers > 0 it only holds what the main process reads")
+                             "0: off); used only when the main process loads (--workers 0)")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
     parser.set_defaults(func=run_demo_command)
 

@@ -4,12 +4,12 @@ The demo trains 45 runs over the same few thousand images, each decoding and res
 once per epoch and again for each evaluation; with the cache on, each image is decoded and resized
 once. Only deterministic transforms are cached: those that carry a `cache_key` (the evaluation
 transform, and the training transform without augmentation or random erasing), so a cached image
-is exactly what the transform would give. Entries are keyed by the file's resolved path, size and
-modification time as well, so a file rewritten on disk is read again.
+is exactly what the transform would give. Entries are keyed by the file's resolved path, inode,
+size and modification and change times as well, so a file replaced or rewritten on disk is read again.
 
-The cache is off unless enabled with `cached_images(max_bytes)`. It lives in the process that
-enables it: DataLoader workers get a copy-on-write snapshot and what they add is lost, so a cached
-run reads in the main process (num_workers=0).
+The cache is off unless enabled with `cached_images(max_bytes)`, and only the process that enables it
+uses it: DataLoader workers always read the files (a worker's additions would die with the worker),
+so a cached run loads in the main process (num_workers=0).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Hashable, Iterator, Optional
 
 import torch
+import torch.utils.data
 
 from .io import load_image
 
@@ -46,15 +47,19 @@ class ImageCache:
         self._entries.move_to_end(key)
         return tensor
 
+    @staticmethod
+    def _nbytes(tensor: torch.Tensor) -> int:
+        return tensor.untyped_storage().nbytes()  # a view keeps its whole storage alive
+
     def put(self, key: Hashable, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
+        size = self._nbytes(tensor)
         if size > self.max_bytes or key in self._entries:
             return
         self._entries[key] = tensor
         self.bytes += size
         while self.bytes > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
-            self.bytes -= evicted.numel() * evicted.element_size()
+            self.bytes -= self._nbytes(evicted)
 
 
 _active: Optional[ImageCache] = None
@@ -74,14 +79,14 @@ def cached_images(max_bytes: int) -> Iterator[ImageCache]:
 def load_transformed(path: Path | str, transform: Callable) -> torch.Tensor:
     """`transform(load_image(path))`, from the active cache when the transform is deterministic."""
     cache_key = getattr(transform, "cache_key", None)
-    if _active is None or cache_key is None:
+    if _active is None or cache_key is None or torch.utils.data.get_worker_info() is not None:
         return transform(load_image(path))
     path = Path(path)
     try:
         stat = path.stat()
     except OSError:
         return transform(load_image(path))  # load_image raises the error that names the file
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, cache_key)
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, cache_key)
     tensor = _active.get(key)
     if tensor is None:
         tensor = transform(load_image(path))

@@ -14,17 +14,23 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def eval_transform(image_size: int = 224, *, mean=CLIP_MEAN, std=CLIP_STD) -> T.Compose:
-    """Resize the short side to `image_size` (bicubic), centre crop, CLIP normalisation. Deterministic:
-    it carries the `cache_key` under which data.cache may keep its outputs."""
-    transform = T.Compose([
+class DeterministicCompose(T.Compose):
+    """A Compose of deterministic steps, fixed at construction (a tuple, so no random step can be
+    appended), with the `cache_key` under which data.cache may keep its outputs."""
+
+    def __init__(self, transforms, cache_key: tuple) -> None:
+        super().__init__(tuple(transforms))
+        self.cache_key = cache_key
+
+
+def eval_transform(image_size: int = 224, *, mean=CLIP_MEAN, std=CLIP_STD) -> DeterministicCompose:
+    """Resize the short side to `image_size` (bicubic), centre crop, CLIP normalisation."""
+    return DeterministicCompose([
         T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
         T.CenterCrop(image_size),
         T.ToTensor(),
         T.Normalize(mean, std),
-    ])
-    transform.cache_key = ("resize-crop-normalize", image_size, tuple(mean), tuple(std))
-    return transform
+    ], cache_key=("resize-crop-normalize", image_size, tuple(mean), tuple(std)))
 
 
 def train_transform(image_size: int = 224, *, augment: bool = False, random_erasing: float = 0.0,

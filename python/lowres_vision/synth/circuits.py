@@ -3,9 +3,9 @@
 As in the LITE paper, a circuit's function shows in its components, not its layout: every
 function class has a fixed set of 3-4 parts (a dice circuit has a seven-segment display and a
 counter IC; a bell, like an audio amplifier, has a speaker; an LED circuit has a battery). Parts
-are shared between functions, and sibling functions differ in one small part (a metronome, an
-alarm and a tone generator all have a 555 timer), so small changes of a component change the
-function. Every diagram draws its parts on a random rectilinear wire network with random
+are shared between functions, and many functions have a sibling one part away (a metronome and a
+tone generator both hold a 555 timer and a speaker, and differ in a potentiometer or a pushbutton),
+so changing one component changes the function. Every diagram draws its parts on a random rectilinear wire network with random
 distractors (resistors, capacitors, grounds, junction dots, labels) and random part orientations,
 so the layout does not identify the class.
 """
@@ -170,7 +170,7 @@ def _transistor(f: _Frame, pnp: bool) -> None:
 
 def _ic(f: _Frame, marking: str, pins_per_side: int) -> None:
     """A DIP package: a box with pins on both sides and its type number."""
-    height = 0.16 * pins_per_side + 0.1
+    height = 0.11 * pins_per_side + 0.1  # a 16-pin package stays within one half-length of its wire
     _leads(f, -0.8, 0.8)
     f.rect(-0.55, -height, 0.55, height)
     for k in range(pins_per_side):
@@ -328,8 +328,8 @@ def _draw_part(f: _Frame, part: str) -> None:
     elif part == "antenna":
         f.line((-1, 0), (1, 0))
         f.circle(0, 0, 0.06, filled=True)
-        f.line((0, 0), (0, -1.3))
-        f.line((-0.45, -1.5), (0, -1.1), (0.45, -1.5))
+        f.line((0, 0), (0, -0.95))
+        f.line((-0.4, -0.95), (0, -0.6), (0.4, -0.95))
     elif part == "buzzer":
         _leads(f, -0.6, 0.6)
         f.line((-0.6, 0), (0.6, 0))
@@ -445,7 +445,12 @@ def render_circuit(label: int, rng: np.random.Generator) -> Image.Image:
             prefix = _DESIGNATORS[part]
         counters[prefix] = counters.get(prefix, 0) + 1
         offset = (-8, -1.6 * half - 14) if horizontal else (1.6 * half + 6, -8)
-        draw.text((cx + offset[0], cy + offset[1]), f"{prefix}{counters[prefix]}", fill=ink, font=font)
+        label = f"{prefix}{counters[prefix]}"
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        # Beside the part, but inside the sheet.
+        x = min(max(cx + offset[0], -left), size - right)
+        y = min(max(cy + offset[1], -top), size - bottom)
+        draw.text((x, y), label, fill=ink, font=font)
     for node, count in degree.items():
         if count >= 3:
             x, y = xs[node[0]], ys[node[1]]

@@ -208,6 +208,15 @@ def _read_rows(path: Path) -> list[list[str]]:
         return list(csv.reader(f))[1:]
 
 
+# Part names short enough for a thumbnail's caption.
+_SHORT_PART_NAMES = {
+    "555 timer IC": "555", "4017 counter IC": "4017", "LM386 amplifier IC": "LM386", "7805 regulator IC": "7805",
+    "NPN transistor": "NPN", "PNP transistor": "PNP", "electrolytic capacitor": "capacitor", "light-dependent resistor": "LDR",
+    "seven-segment display": "display", "bridge rectifier": "bridge", "zener diode": "zener", "quartz crystal": "crystal",
+    "DC motor": "motor", "potentiometer": "pot",
+}
+
+
 def sample_grid(root: str | os.PathLike, task: str, *, columns: int = 4, thumb: int = 192) -> Image.Image:
     """A small captioned grid of train examples: circuits of classes that differ in one detail,
     old maps over their satellite images, drawings over their renders."""
@@ -217,10 +226,11 @@ def sample_grid(root: str | os.PathLike, task: str, *, columns: int = 4, thumb: 
         first_of_label: dict[int, str] = {}
         for _, filename, label in _read_rows(root / task / "train_5_shots.csv"):
             first_of_label.setdefault(int(label), filename)
-        # Sibling functions: the same parts but one (a 555 timer with a speaker and a pot, a buzzer, a button).
-        labels = [CIRCUIT_CLASSES.index(name) for name in ("metronome", "alarm", "tone generator", "timer",
-                                                            "audio amplifier", "intercom", "bell", "radio receiver")]
-        cells = [(root / task / "data" / first_of_label[label], f"{names[str(label)]}\n{', '.join(p.split()[0] for p in circuits.class_parts(label))}")
+        # Pairs of sibling functions, one part apart (top row and bottom row).
+        siblings = (("metronome", "tone generator"), ("alarm", "metal detector"), ("touch switch", "clap switch"),
+                    ("motor driver", "fan controller"))
+        labels = [CIRCUIT_CLASSES.index(name) for pair in zip(*siblings) for name in pair]
+        cells = [(root / task / "data" / first_of_label[label], f"{names[str(label)]}\n{', '.join(_SHORT_PART_NAMES.get(p, p) for p in circuits.class_parts(label))}")
                  for label in labels if label in first_of_label][: 2 * columns]
     elif task == "historic-maps":
         rows = _read_rows(root / task / "train.csv")[:columns]
