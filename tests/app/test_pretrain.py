@@ -201,3 +201,17 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     got = load_file(str(tmp_path / "ddp" / trainer.WEIGHTS_FILE))
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_domain_shift_recall_ranks_partners_among_all_items():
+    from lowres_vision.pretrain.domain_shift import _recall_at_5, domain_shift_recall
+
+    items = torch.nn.functional.normalize(torch.randn(40, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    assert _recall_at_5(items, items) == 100.0  # every item finds itself first
+    assert _recall_at_5(items, -items) == 0.0  # its partner is the least similar of all
+    result = domain_shift_recall(count=8, image_size=42)
+    assert set(result) == {"satellite -> satellite again", "old map -> old map, next style", "old map -> satellite",
+                           "render -> render, other view", "drawing -> render", "chance"}
+    assert result["chance"] == 62.5 and all(0.0 <= value <= 100.0 for value in result.values())
+    with pytest.raises(ValueError, match="count must be at least 6"):
+        domain_shift_recall(count=5)
