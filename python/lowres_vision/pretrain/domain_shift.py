@@ -20,14 +20,15 @@ import torch
 import torch.nn.functional as F
 
 from ..data import eval_transform
+from ..metrics import retrieval_metrics, retrieval_ranks
 from ..models.backbone import SHIPPED_CHECKPOINT, build_backbone
 from ..synth import drawings, maps
 
 
 def _recall_at_5(queries: torch.Tensor, gallery: torch.Tensor) -> float:
-    similarity = queries @ gallery.T
-    rank = (similarity > similarity.diag()[:, None]).sum(1)
-    return 100.0 * (rank < 5).float().mean().item()
+    """R@5 of query i retrieving gallery item i, with the evaluation's own ranking."""
+    partners = torch.arange(queries.shape[0])
+    return retrieval_metrics(retrieval_ranks(queries, gallery, partners), ks=(5,))["R@5"]
 
 
 @torch.no_grad()
