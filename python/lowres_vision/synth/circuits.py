@@ -198,10 +198,9 @@ def _draw_part(f: _Frame, part: str) -> None:
     elif part in ("NPN transistor", "PNP transistor"):
         _transistor(f, pnp=part == "PNP transistor")
     elif part == "electrolytic capacitor":
-        f.line((-1, 0), (-0.15, 0))
+        _leads(f, -0.15, 0.1)
         f.line((-0.15, -0.5), (-0.15, 0.5))
         f.arc(0.75, 0, 0.65, 140, 220)
-        f.line((0.1, 0), (1, 0))
         f.line((-0.55, -0.55), (-0.35, -0.55))
         f.line((-0.45, -0.65), (-0.45, -0.45))
     elif part == "battery":
@@ -242,10 +241,9 @@ def _draw_part(f: _Frame, part: str) -> None:
         for i in range(4):
             f.arc(-0.45 + 0.3 * i, 0, 0.15, 180, 360)
     elif part == "microphone":
-        f.line((-1, 0), (-0.65, 0))
+        _leads(f, -0.65, 0.25)
         f.circle(-0.2, 0, 0.45)
         f.line((-0.65, -0.45), (-0.65, 0.45))
-        f.line((0.25, 0), (1, 0))
     elif part == "light-dependent resistor":
         f.circle(0, 0, 0.75)
         _resistor(f, scale=0.55)
@@ -346,8 +344,7 @@ def _resistor(f: _Frame, scale: float = 1.0) -> None:
 
 
 def _capacitor(f: _Frame) -> None:
-    f.line((-1, 0), (-0.15, 0))
-    f.line((0.15, 0), (1, 0))
+    _leads(f, -0.15, 0.15)
     f.line((-0.15, -0.5), (-0.15, 0.5))
     f.line((0.15, -0.5), (0.15, 0.5))
 
