@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import socket
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from lowres_vision.cli import main
-from lowres_vision.pretrain import DRAWING_LIKE_KINDS, KIND_WEIGHTS, PretrainConfig, pretrain, render_sample, subject_prompts
+from lowres_vision.pretrain import (DRAWING_LIKE_KINDS, KIND_WEIGHTS, SCENE_KIND, PretrainConfig, kind_shares, pretrain,
+                                    render_sample, render_second_view, subject_prompts)
 from lowres_vision.pretrain import trainer
 from lowres_vision.pretrain.data import CaptionedCorpus, StepBatchSampler
 from lowres_vision.pretrain.evaluate import recall_at_k
@@ -59,6 +61,78 @@ def test_corpus_shares_and_disjointness_from_the_lite_generators():
     assert [n for n in names if re.search(rf"\b{re.escape(n.lower())}\b", text)] == []
     assert re.search(r"\bnight landscape\b", text)  # the check does see words the captions hold
     assert all(s.subject in subject_prompts() for s in samples if s.subject is not None)
+
+
+def test_the_default_corpus_is_the_shipped_models_sample_for_sample():
+    # The captions of samples 0-199 of seed 0 as the shipped model's corpus drew them (commit 18fe0b6).
+    captions = "|".join(render_sample(0, i, 28).caption for i in range(200))
+    assert hashlib.sha256(captions.encode()).hexdigest() == "cc8e1cdcbff3418262f6d3c63db02224e19c483f8492761cbda90bcc7acae66d"
+    assert SCENE_KIND not in kind_shares(0.0) and kind_shares(0.0) == pytest.approx(
+        {k: w / sum(KIND_WEIGHTS.values()) for k, w in KIND_WEIGHTS.items()})
+
+
+def test_scenes_take_their_share_and_come_with_a_second_rendering_in_another_style():
+    from lowres_vision.pretrain.scenes import STYLE_PHRASES
+
+    shares = kind_shares(0.4)
+    assert shares[SCENE_KIND] == 0.4 and sum(shares.values()) == pytest.approx(1.0)
+    assert shares["objects"] == pytest.approx(0.6 * 0.30)
+    samples = [render_sample(2, i, 28, 0.4) for i in range(300)]
+    scenes = [i for i, s in enumerate(samples) if s.kind == SCENE_KIND]
+    assert abs(len(scenes) / 300 - 0.4) < 0.09  # binomial standard deviation 2.8 %
+    style_pairs = set()
+    for i, sample in enumerate(samples):
+        second = render_second_view(2, i, 28, 0.4)
+        if sample.kind != SCENE_KIND:
+            assert second is None
+            continue
+        first_style, content = next((s, sample.caption[len(p) + 1:]) for s, p in STYLE_PHRASES.items()
+                                    if sample.caption.startswith(p + " "))
+        second_style = next(s for s, p in STYLE_PHRASES.items() if second.caption.startswith(p + " "))
+        assert second.caption == f"{STYLE_PHRASES[second_style]} {content}"  # the same scene, described alike
+        assert second_style != first_style and second.image.size == (28, 28)
+        assert not np.array_equal(np.asarray(second.image), np.asarray(sample.image))
+        assert np.array_equal(np.asarray(second.image), np.asarray(render_second_view(2, i, 28, 0.4).image))
+        style_pairs.add((first_style, second_style))
+    assert len(style_pairs) == 6  # every ordered pair of the three styles occurs
+    with pytest.raises(ValueError, match="scene_share must be in"):
+        kind_shares(1.0)
+
+
+def test_view_loss_is_the_symmetric_infonce_between_the_two_renderings():
+    first, second = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
+    a, b = F.normalize(first, dim=-1), F.normalize(second, dim=-1)
+    by_hand = 0.0
+    for i in range(5):  # row i's positive is row i of the other side, every other row a negative
+        by_hand -= 0.5 * (a[i] @ b[i] / 0.1 - torch.logsumexp(a[i] @ b.T / 0.1, 0))
+        by_hand -= 0.5 * (b[i] @ a[i] / 0.1 - torch.logsumexp(b[i] @ a.T / 0.1, 0))
+    assert trainer.view_loss(first, second, 0.1).item() == pytest.approx(by_hand.item() / 5, rel=1e-12)
+    assert trainer.view_loss(first, first, 0.01).item() < 1e-6  # identical renderings: nothing to learn
+
+
+def test_the_image_to_image_term_is_added_to_the_clip_loss_on_each_steps_scenes(tmp_path):
+    import open_clip
+
+    cfg = _config(tmp_path / "run", steps=3, scene_share=0.5, view_weight=2.0, batch_size=16)
+    corpus = CaptionedCorpus(cfg.seed, 0, cfg.corpus_size, cfg.image_size, cfg.context_length,
+                             scene_share=0.5, second_views=True)
+    torch.manual_seed(cfg.seed)
+    initial = open_clip.model.CLIP(**cfg.model_config()).eval()
+    metrics = pretrain(cfg)
+    first = StepBatchSampler(cfg.corpus_size, cfg.batch_size, seed=cfg.seed, steps=1).batch(0)
+    items = [corpus[i] for i in first]
+    images, tokens = torch.stack([x[0] for x in items]), torch.stack([x[1] for x in items])
+    scenes = [k for k, x in enumerate(items) if x[3]]
+    seconds = torch.stack([items[k][2] for k in scenes])
+    record = _log(tmp_path / "run")[0]
+    with torch.no_grad():
+        clip_loss = _clip_loss_by_hand(initial, images, tokens)
+        view = trainer.view_loss(initial.encode_image(images[scenes]), initial.encode_image(seconds), 0.1).item()
+    assert record["pairs"] == len(scenes) >= 2
+    assert record["clip_loss"] == pytest.approx(clip_loss, abs=1e-4)
+    assert record["view_loss"] == pytest.approx(view, abs=1e-4)
+    assert record["loss"] == pytest.approx(clip_loss + 2.0 * view, abs=2e-4)
+    assert metrics["scene_pairs"] >= 2 and 0 <= metrics["scene_to_other_style_R@1"] <= 100
 
 
 def test_step_batches_are_fixed_by_seed_and_step_and_split_over_ranks():
@@ -138,6 +212,10 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert main(["pretrain", "--out", str(tmp_path / "killed"), *_flags(TINY)]) == 2  # refuses to start over it
     with open(tmp_path / "killed" / "log.jsonl", "a") as log:
         log.write('{"step": 5, "lo')  # a kill can cut the last line short: resume drops it
+    state = torch.load(tmp_path / "killed" / "state.pt", weights_only=False)
+    for added_later in ("scene_share", "view_weight", "view_temperature"):  # a run saved before they existed
+        del state["config"][added_later]  # resumes: a missing setting counts as its default
+    torch.save(state, tmp_path / "killed" / "state.pt")
     pretrain(_config(tmp_path / "killed", resume=True))
 
     expected = load_file(str(tmp_path / "whole" / trainer.WEIGHTS_FILE))
@@ -163,6 +241,9 @@ def test_cli_reports_bad_settings_and_reused_out_in_one_line(tmp_path, capsys):
     assert "already holds a finished model" in capsys.readouterr().err
     assert main(["pretrain", "--out", str(tmp_path / "a"), *_flags({**TINY, "steps": 3}), "--resume"]) == 2
     assert "settings differ from the saved run: steps (2 != 3)" in capsys.readouterr().err
+    assert main(["pretrain", "--out", str(tmp_path / "b"), *_flags({**TINY, "view_weight": 1.0})]) == 2
+    assert capsys.readouterr().err.strip() == ("lowres-vision pretrain: error: view_weight 1.0 needs scenes to pair: "
+                                               "set scene_share > 0")
 
 
 def test_backbone_and_zero_shot_loaders_read_the_pretrained_checkpoint(tmp_path):

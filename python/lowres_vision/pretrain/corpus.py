@@ -8,6 +8,10 @@ counts, letters and digits, icons, textures, landscapes, and, as a small share, 
 shapes and node-and-line diagrams (`DRAWING_LIKE_KINDS`), the little diagram-like data a web
 corpus holds. Nothing is taken from the synthetic LITE generators (no circuit symbols, city
 layouts or machine parts, none of their class names).
+
+Opt-in (`scene_share` > 0, off for the shipped model): a share of scenes (`scenes.py`), each drawn as
+a sketch, a photo or a model and with a second rendering in another style (`render_second_view`),
+the positives of pretraining's image-to-image term.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from .scenes import STYLE_PHRASES, STYLES, make_scene, render_scene
 
 _SUPERSAMPLE = 2  # drawn at 2x and downsampled, for anti-aliased edges
 
@@ -42,8 +48,11 @@ KIND_WEIGHTS = {
     "line drawing": 0.05, "diagram": 0.03,
 }
 DRAWING_LIKE_KINDS = ("line drawing", "diagram")
-_KINDS = tuple(KIND_WEIGHTS)
-_KIND_P = np.array([KIND_WEIGHTS[k] for k in _KINDS]) / sum(KIND_WEIGHTS.values())
+# Opt-in (`scene_share` > 0): scenes drawn as a sketch, a photo or a model (`scenes`), each with a second
+# rendering in another style for pretraining's image-to-image term. At scene_share 0 the corpus is the
+# one above, sample for sample.
+SCENE_KIND = "scene"
+_SECOND_VIEW_STREAM = 1
 
 
 @dataclass(frozen=True)
@@ -337,10 +346,51 @@ _RENDERERS = {
 }
 
 
-def render_sample(seed: int, index: int, image_size: int) -> Sample:
+def kind_shares(scene_share: float = 0.0) -> dict[str, float]:
+    """Each kind's share of the corpus: `KIND_WEIGHTS` scaled to 1 - scene_share, and the scenes' share."""
+    if not 0.0 <= scene_share < 1.0:
+        raise ValueError(f"scene_share must be in [0, 1), got {scene_share}")
+    total = sum(KIND_WEIGHTS.values())
+    shares = {kind: weight / total * (1.0 - scene_share) for kind, weight in KIND_WEIGHTS.items()}
+    if scene_share > 0:
+        shares[SCENE_KIND] = scene_share
+    return shares
+
+
+def _draw_kind(rng: np.random.Generator, scene_share: float) -> str:
+    shares = kind_shares(scene_share)
+    kinds = tuple(shares)
+    return kinds[int(rng.choice(len(kinds), p=np.array([shares[k] for k in kinds])))]
+
+
+def _scene_and_style(rng: np.random.Generator):
+    scene = make_scene(rng)
+    return scene, _pick(rng, STYLES)
+
+
+def render_sample(seed: int, index: int, image_size: int, scene_share: float = 0.0) -> Sample:
     """Sample `index` of the corpus with `seed`, as an `image_size` RGB image and its caption."""
     rng = np.random.default_rng([seed, index])
-    kind = _KINDS[int(rng.choice(len(_KINDS), p=_KIND_P))]
-    image, caption, subject = _RENDERERS[kind](rng, image_size * _SUPERSAMPLE)
+    kind = _draw_kind(rng, scene_share)
+    size = image_size * _SUPERSAMPLE
+    if kind == SCENE_KIND:
+        scene, style = _scene_and_style(rng)
+        image, caption, subject = render_scene(scene, style, rng, size), f"{STYLE_PHRASES[style]} {scene.caption}", None
+    else:
+        image, caption, subject = _RENDERERS[kind](rng, size)
     image = image.resize((image_size, image_size), Image.Resampling.BOX)
     return Sample(image=image, caption=caption, kind=kind, subject=subject)
+
+
+def render_second_view(seed: int, index: int, image_size: int, scene_share: float) -> Sample | None:
+    """For a scene sample, the same scene drawn in another style under another framing (from a random
+    stream of its own), captioned like the first; None for the other kinds."""
+    rng = np.random.default_rng([seed, index])
+    if _draw_kind(rng, scene_share) != SCENE_KIND:
+        return None
+    scene, first_style = _scene_and_style(rng)  # the draws render_sample makes: the same scene
+    view_rng = np.random.default_rng([seed, index, _SECOND_VIEW_STREAM])
+    style = _pick(view_rng, tuple(s for s in STYLES if s != first_style))
+    image = render_scene(scene, style, view_rng, image_size * _SUPERSAMPLE)
+    return Sample(image=image.resize((image_size, image_size), Image.Resampling.BOX),
+                  caption=f"{STYLE_PHRASES[style]} {scene.caption}", kind=SCENE_KIND, subject=None)

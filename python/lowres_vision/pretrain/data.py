@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..models.backbone import CLIP_MEAN, CLIP_STD
-from .corpus import render_sample
+from .corpus import render_sample, render_second_view
 
 _SAMPLER_STREAM = 1  # keeps batch draws apart from the corpus's own per-sample streams
 
@@ -27,12 +27,16 @@ def image_to_tensor(image) -> torch.Tensor:
 
 
 class CaptionedCorpus(Dataset):
-    """Samples `start .. start + size - 1` of the corpus with `seed`, as (image tensor, token ids)."""
+    """Samples `start .. start + size - 1` of the corpus with `seed` (and `scene_share`), as (image
+    tensor, token ids); with `second_views` also (second view tensor, has a second view): a scene's
+    rendering in another style, zeros and False for the other kinds."""
 
-    def __init__(self, seed: int, start: int, size: int, image_size: int, context_length: int) -> None:
+    def __init__(self, seed: int, start: int, size: int, image_size: int, context_length: int,
+                 scene_share: float = 0.0, second_views: bool = False) -> None:
         from open_clip.tokenizer import SimpleTokenizer
 
         self.seed, self.start, self.size, self.image_size = seed, start, size, image_size
+        self.scene_share, self.second_views = scene_share, second_views
         self.tokenizer = SimpleTokenizer(context_length=context_length)
 
     def __len__(self) -> int:
@@ -41,11 +45,23 @@ class CaptionedCorpus(Dataset):
     def sample(self, index: int):
         if not 0 <= index < self.size:
             raise IndexError(f"corpus index {index} outside [0, {self.size})")
-        return render_sample(self.seed, self.start + index, self.image_size)
+        return render_sample(self.seed, self.start + index, self.image_size, self.scene_share)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def second_view(self, index: int):
+        """The second rendering of sample `index` (a `Sample`), or None if it is not a scene."""
+        if not 0 <= index < self.size:
+            raise IndexError(f"corpus index {index} outside [0, {self.size})")
+        return render_second_view(self.seed, self.start + index, self.image_size, self.scene_share)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         sample = self.sample(index)
-        return image_to_tensor(sample.image), self.tokenizer([sample.caption])[0]
+        image, tokens = image_to_tensor(sample.image), self.tokenizer([sample.caption])[0]
+        if not self.second_views:
+            return image, tokens
+        second = self.second_view(index)
+        if second is None:
+            return image, tokens, torch.zeros_like(image), torch.tensor(False)
+        return image, tokens, image_to_tensor(second.image), torch.tensor(True)
 
 
 class StepBatchSampler(Sampler[list[int]]):

@@ -3,7 +3,9 @@
 The held-out split is the `holdout` samples right after the training corpus (indices
 `corpus_size ..`), never drawn in training. Retrieval counts a hit when a retrieved item has the
 query's exact caption: the grammar repeats short captions ("five green stars"), and an image
-is as well described by another image's identical caption as by its own.
+is as well described by another image's identical caption as by its own. A corpus with scenes
+(`scene_share` > 0) also reports how often a held-out scene's image embedding retrieves its rendering
+in another style among all held-out scenes' (`scene_to_other_style_R@k`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .corpus import subject_prompts
+from .corpus import SCENE_KIND, subject_prompts
 from .data import CaptionedCorpus, image_to_tensor
 
 RECALL_AT = (1, 5)
@@ -28,7 +30,8 @@ def recall_at_k(similarity: torch.Tensor, relevant: torch.Tensor, ks=RECALL_AT) 
 def evaluate_heldout(model: torch.nn.Module, cfg, device: torch.device, batch_size: int = 100) -> dict:
     """Image->text and text->image recall over the held-out samples and zero-shot top-1 on those with one subject."""
     model.eval()
-    corpus = CaptionedCorpus(cfg.seed, cfg.corpus_size, cfg.holdout, cfg.image_size, cfg.context_length)
+    corpus = CaptionedCorpus(cfg.seed, cfg.corpus_size, cfg.holdout, cfg.image_size, cfg.context_length,
+                             scene_share=cfg.scene_share)
     samples = [corpus.sample(i) for i in range(len(corpus))]
     image_features, text_features = [], []
     for start in range(0, len(samples), batch_size):
@@ -54,4 +57,13 @@ def evaluate_heldout(model: torch.nn.Module, cfg, device: torch.device, batch_si
     metrics["zeroshot_samples"] = len(labelled)
     metrics["zeroshot_classes"] = len(prompts)
     metrics["zeroshot_top1"] = round(100.0 * (predicted == labels).float().mean().item(), 2)
+    if cfg.scene_share > 0:  # each held-out scene retrieves its rendering in another style among all of them
+        scenes = [i for i, s in enumerate(samples) if s.kind == SCENE_KIND]
+        if len(scenes) > 1:
+            seconds = torch.stack([image_to_tensor(corpus.second_view(i).image) for i in scenes]).to(device)
+            second_features = torch.cat([F.normalize(model.encode_image(seconds[k:k + batch_size]).float(), dim=-1).cpu()
+                                         for k in range(0, len(scenes), batch_size)])
+            metrics["scene_pairs"] = len(scenes)
+            metrics.update({f"scene_to_other_style_{k}": v for k, v in recall_at_k(
+                images[scenes] @ second_features.T, torch.eye(len(scenes), dtype=torch.bool)).items()})
     return metrics

@@ -14,6 +14,7 @@ The loss is open_clip's `ClipLoss`; under torchrun it gathers the features of ev
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, fields
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from ..config import ConfigError, check_device
 from ..atomic_files import write_atomic, write_json
@@ -55,6 +57,12 @@ class PretrainConfig:
     text_layers: int = 2
     context_length: int = 40
     embed_dim: int = 128
+    # Opt-in, an experiment towards style invariance (off in the shipped model): `scene_share` of the
+    # corpus are scenes (pretrain/scenes.py), and with `view_weight` > 0 each scene's two renderings in
+    # different styles are the positives of a symmetric InfoNCE over the step's scenes at `view_temperature`.
+    scene_share: float = 0.0
+    view_weight: float = 0.0
+    view_temperature: float = 0.1
     checkpoint_every: int = 50
     eval_every: int = 0  # 0: evaluate at the end only
     device: str = "auto"
@@ -70,6 +78,13 @@ class PretrainConfig:
         for name in ("warmup", "checkpoint_every", "eval_every", "workers", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.scene_share < 1:
+            raise ConfigError(f"scene_share must be in [0, 1), got {self.scene_share}")
+        if not (self.view_weight >= 0 and math.isfinite(self.view_weight)) or not self.view_temperature > 0:
+            raise ConfigError(f"view_weight must be >= 0 and view_temperature > 0, got view_weight={self.view_weight}, "
+                              f"view_temperature={self.view_temperature}")
+        if self.view_weight > 0 and self.scene_share == 0:
+            raise ConfigError(f"view_weight {self.view_weight} needs scenes to pair: set scene_share > 0")
         if not self.lr > 0 or self.weight_decay < 0:
             raise ConfigError(f"lr must be > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
         if self.image_size % 14:
@@ -114,6 +129,15 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def view_loss(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between two renderings of the same samples: row i of `first` and of `second`
+    (image features, normalised here) are positives, every other row of the other side a negative."""
+    first, second = F.normalize(first, dim=-1), F.normalize(second, dim=-1)
+    logits = first @ second.T / temperature
+    labels = torch.arange(first.shape[0], device=first.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
 def learning_rate(cfg: PretrainConfig, step: int) -> float:
     """Linear warm-up over `warmup` steps, then cosine decay to zero at `steps`."""
     if step < cfg.warmup:
@@ -135,11 +159,13 @@ def _check_out(cfg: PretrainConfig, out: Path) -> Optional[dict]:
         raise ConfigError(f"resume: no {STATE_FILE} in {out}")
     state = torch.load(state_path, map_location="cpu", weights_only=False)
     saved = state["config"]
+    # A setting added after the run was saved counts as its default.
+    saved = {**{f.name: f.default for f in fields(PretrainConfig)}, **saved}
     changed = [f.name for f in fields(PretrainConfig)
-               if f.name not in RESUMABLE_CHANGES and saved.get(f.name) != getattr(cfg, f.name)]
+               if f.name not in RESUMABLE_CHANGES and saved[f.name] != getattr(cfg, f.name)]
     if changed:
         raise ConfigError("resume: settings differ from the saved run: "
-                          + ", ".join(f"{n} ({saved.get(n)!r} != {getattr(cfg, n)!r})" for n in changed))
+                          + ", ".join(f"{n} ({saved[n]!r} != {getattr(cfg, n)!r})" for n in changed))
     return state
 
 
@@ -172,7 +198,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
             model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
     loss_fn = ClipLoss(local_loss=True, gather_with_grad=True, rank=dist.rank, world_size=dist.world_size)
 
-    corpus = CaptionedCorpus(cfg.seed, 0, cfg.corpus_size, cfg.image_size, cfg.context_length)
+    corpus = CaptionedCorpus(cfg.seed, 0, cfg.corpus_size, cfg.image_size, cfg.context_length,
+                             scene_share=cfg.scene_share, second_views=cfg.view_weight > 0)
     sampler = StepBatchSampler(cfg.corpus_size, cfg.batch_size, seed=cfg.seed, steps=cfg.steps, start_step=start_step,
                                rank=dist.rank, world_size=dist.world_size)
     loader = torch.utils.data.DataLoader(corpus, batch_sampler=sampler, num_workers=cfg.workers,
@@ -192,12 +219,21 @@ def pretrain(cfg: PretrainConfig) -> dict:
     model.train()
     bar = tqdm(total=cfg.steps, initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True, disable=not dist.is_main)
     with bar, open(log_path, "a") if dist.is_main else open(os.devnull, "w") as log:
-        for step, (images, tokens) in enumerate(loader, start=start_step):
+        for step, (images, tokens, *views) in enumerate(loader, start=start_step):
             lr = learning_rate(cfg, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            paired = views[1].nonzero().flatten() if views else torch.zeros(0, dtype=torch.long)
+            if views:  # the second renderings ride in the same forward pass, after the batch
+                images = torch.cat([images, views[0][paired]])
             output = trained(images.to(dist.device), tokens.to(dist.device))
-            loss = loss_fn(output["image_features"], output["text_features"], output["logit_scale"])
+            features = output["image_features"]
+            batch = tokens.shape[0]
+            clip_loss = loss_fn(features[:batch], output["text_features"], output["logit_scale"])
+            loss, pair_loss = clip_loss, None
+            if len(paired) > 1:  # a single pair has no negative
+                pair_loss = view_loss(features[paired.to(dist.device)], features[batch:], cfg.view_temperature)
+                loss = clip_loss + cfg.view_weight * pair_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -207,6 +243,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
             done = step + 1
             record = {"step": step, "loss": round(loss.item(), 5), "lr": lr,
                       "logit_scale": round(model.logit_scale.exp().item(), 3), "seconds": round(time.time() - started, 2)}
+            if views:  # the two terms apart, and how many scenes the image-to-image term paired
+                record.update(clip_loss=round(clip_loss.item(), 5), pairs=len(paired),
+                              view_loss=None if pair_loss is None else round(pair_loss.item(), 5))
             if dist.is_main and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
                 record["heldout"] = evaluate_heldout(model, cfg, dist.device)
                 model.train()
