@@ -8,7 +8,9 @@ The run directory holds what open_clip itself loads (`open_clip.create_model("lo
 written at the end; `state.pt`, the resumable training state, written atomically every
 `checkpoint_every` steps (a killed run continues with `resume=True` and gives the same weights);
 `pretrain_config.json`, `log.jsonl` (one line per step, plus evaluations) and `metrics.json`.
-The loss is open_clip's `ClipLoss`; under torchrun it gathers the features of every rank.
+The loss is open_clip's `ClipLoss`; under torchrun it gathers the features of every rank. With the
+opt-in `view_weight` > 0, `view_loss` between each scene and its rendering in another style is added;
+its negatives are the other scenes of the rank's share of the step.
 """
 
 from __future__ import annotations
