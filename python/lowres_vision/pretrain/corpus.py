@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .scenes import STYLE_PHRASES, STYLES, make_scene, render_scene
+from .shapes import pick, shape_polygon
 
 _SUPERSAMPLE = 2  # drawn at 2x and downsampled, for anti-aliased edges
 
@@ -89,14 +90,10 @@ def _colour(rng: np.random.Generator, exclude: tuple[str, ...] = ()) -> tuple[st
     return name, tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLOURS[name], jitter))
 
 
-def _pick(rng: np.random.Generator, options):
-    return options[int(rng.integers(len(options)))]
-
-
 def _background(rng: np.random.Generator, size: int, avoid: tuple[str, ...]) -> tuple[Image.Image, str]:
     """A plain light background, or a soft vertical gradient; never a colour the caption names."""
     names = [n for n in ("white", "grey", "yellow", "pink") if n not in avoid]
-    name = _pick(rng, names)
+    name = pick(rng, names)
     base = np.array(COLOURS[name], dtype=np.float32) * 0.35 + 255 * 0.65 if name != "white" else np.full(3, 250.0)
     if rng.random() < 0.5:
         shade = np.linspace(-15, 15, size, dtype=np.float32)[:, None, None] * rng.choice([-1, 1])
@@ -104,37 +101,6 @@ def _background(rng: np.random.Generator, size: int, avoid: tuple[str, ...]) -> 
     else:
         pixels = np.broadcast_to(base, (size, size, 3))
     return Image.fromarray(pixels.astype(np.uint8), "RGB"), name
-
-
-def _polygon(shape: str, cx: float, cy: float, r: float, direction: int) -> list[tuple[float, float]]:
-    """Outline points of the polygonal shapes; `direction` 0..3 turns up/right/down/left."""
-    if shape == "square":
-        angles, radius = [45, 135, 225, 315], [r * 1.2] * 4
-    elif shape == "diamond":
-        angles, radius = [0, 90, 180, 270], [r * 1.2] * 4
-    elif shape == "pentagon":
-        angles, radius = [-90 + 72 * k for k in range(5)], [r] * 5
-    elif shape == "triangle":
-        angles, radius = [-90, 30, 150], [r * 1.15] * 3
-    elif shape == "star":
-        angles, radius = [-90 + 36 * k for k in range(10)], [r if k % 2 == 0 else r * 0.42 for k in range(10)]
-    elif shape == "cross":
-        w = r * 0.36
-        pts = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)]
-        return [(cx + x, cy + y) for x, y in pts]
-    elif shape == "arrow":
-        w, h = r * 0.3, r * 0.55
-        pts = [(0, -r), (r * 0.8, -r + h * 1.3), (w, -r + h * 1.3), (w, r), (-w, r), (-w, -r + h * 1.3), (-r * 0.8, -r + h * 1.3)]
-        turn = math.radians(90 * direction)
-        return [(cx + x * math.cos(turn) - y * math.sin(turn), cy + x * math.sin(turn) + y * math.cos(turn)) for x, y in pts]
-    elif shape == "heart":
-        t = np.linspace(0, 2 * math.pi, 40)
-        x, y = 16 * np.sin(t) ** 3, -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
-        return [(cx + r * a / 16, cy + r * b / 16) for a, b in zip(x, y)]
-    else:
-        raise ValueError(f"no polygon for {shape!r}")
-    turn = 90 * direction if shape == "triangle" else 0
-    return [(cx + d * math.cos(math.radians(a + turn)), cy + d * math.sin(math.radians(a + turn))) for a, d in zip(angles, radius)]
 
 
 def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, ink, *,
@@ -146,7 +112,7 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: f
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=None if shape == "ring" else fill, outline=ink,
                      width=max(width, int(r * 0.35)) if shape == "ring" else width)
     else:
-        draw.polygon(_polygon(shape, cx, cy, r, direction), fill=fill, outline=ink, width=width)
+        draw.polygon(shape_polygon(shape, cx, cy, r, direction), fill=fill, outline=ink, width=width)
 
 
 def _shape_phrase(shape: str, direction: int) -> str:
@@ -163,8 +129,8 @@ def _objects(rng, size):
     cells = sorted(rng.choice(9, count, replace=False).tolist())
     items = []
     for cell in cells:
-        shape, direction = _pick(rng, SHAPES), int(rng.integers(4))
-        size_name = _pick(rng, tuple(SIZES))
+        shape, direction = pick(rng, SHAPES), int(rng.integers(4))
+        size_name = pick(rng, tuple(SIZES))
         items.append((cell, shape, direction, size_name, _colour(rng, exclude=("white",))))
     image, _ = _background(rng, size, avoid=tuple(c[0] for *_, c in items))
     draw = ImageDraw.Draw(image)
@@ -181,7 +147,7 @@ def _objects(rng, size):
 
 def _count(rng, size):
     count = int(rng.integers(1, len(NUMBERS) + 1))
-    shape = _pick(rng, tuple(s for s in SHAPES if s not in ORIENTED_SHAPES))
+    shape = pick(rng, tuple(s for s in SHAPES if s not in ORIENTED_SHAPES))
     colour, ink = _colour(rng, exclude=("white",))
     image, _ = _background(rng, size, avoid=(colour,))
     draw = ImageDraw.Draw(image)
@@ -198,7 +164,7 @@ def _count(rng, size):
 
 
 def _glyph(rng, size):
-    glyph = _pick(rng, GLYPHS)
+    glyph = pick(rng, GLYPHS)
     colour, ink = _colour(rng, exclude=("white",))
     image, background = _background(rng, size, avoid=(colour,))
     draw = ImageDraw.Draw(image)
@@ -210,7 +176,7 @@ def _glyph(rng, size):
 
 
 def _icon(rng, size):
-    icon = _pick(rng, ICONS)
+    icon = pick(rng, ICONS)
     image, _ = _background(rng, size, avoid=())
     draw = ImageDraw.Draw(image)
     s = size * rng.uniform(0.28, 0.4)
@@ -254,7 +220,7 @@ def _icon(rng, size):
 
 
 def _texture(rng, size):
-    pattern = _pick(rng, PATTERNS)
+    pattern = pick(rng, PATTERNS)
     (first, ink), (second, paper) = _colour(rng), _colour(rng)
     while second == first:
         second, paper = _colour(rng)
@@ -279,8 +245,8 @@ def _texture(rng, size):
 
 
 def _landscape(rng, size):
-    time = _pick(rng, ("day", "sunset", "night"))
-    ground = _pick(rng, ("grass", "sand", "snow", "water"))
+    time = pick(rng, ("day", "sunset", "night"))
+    ground = pick(rng, ("grass", "sand", "snow", "water"))
     sky = {"day": (110, 170, 235), "sunset": (240, 150, 80), "night": (20, 25, 60)}[time]
     floor = {"grass": (70, 150, 60), "sand": (220, 195, 130), "snow": (240, 240, 245), "water": (40, 90, 170)}[ground]
     horizon = size * rng.uniform(0.5, 0.7)
@@ -317,7 +283,7 @@ def _landscape(rng, size):
 
 
 def _line_drawing(rng, size):
-    shape, direction = _pick(rng, SHAPES), int(rng.integers(4))
+    shape, direction = pick(rng, SHAPES), int(rng.integers(4))
     image = Image.new("RGB", (size, size), COLOURS["white"])
     draw = ImageDraw.Draw(image)
     cx, cy = rng.uniform(0.35, 0.65, 2) * size
@@ -365,7 +331,7 @@ def _draw_kind(rng: np.random.Generator, scene_share: float) -> str:
 
 def _scene_and_style(rng: np.random.Generator):
     scene = make_scene(rng)
-    return scene, _pick(rng, STYLES)
+    return scene, pick(rng, STYLES)
 
 
 def render_sample(seed: int, index: int, image_size: int, scene_share: float = 0.0) -> Sample:
@@ -390,7 +356,7 @@ def render_second_view(seed: int, index: int, image_size: int, scene_share: floa
         return None
     scene, first_style = _scene_and_style(rng)  # the draws render_sample makes: the same scene
     view_rng = np.random.default_rng([seed, index, _SECOND_VIEW_STREAM])
-    style = _pick(view_rng, tuple(s for s in STYLES if s != first_style))
+    style = pick(view_rng, tuple(s for s in STYLES if s != first_style))
     image = render_scene(scene, style, view_rng, image_size * _SUPERSAMPLE)
     return Sample(image=image.resize((image_size, image_size), Image.Resampling.BOX),
                   caption=f"{STYLE_PHRASES[style]} {scene.caption}", kind=SCENE_KIND, subject=None)

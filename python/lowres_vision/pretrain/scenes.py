@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .shapes import pick, shape_polygon
+
 STYLES = ("sketch", "photo", "model")
 STYLE_PHRASES = {"sketch": "a sketch of", "photo": "a photo of", "model": "a model of"}
 _SCENE_SHAPES = ("circle", "square", "triangle", "diamond", "pentagon", "star", "cross", "heart")
@@ -73,7 +75,7 @@ def make_scene(rng: np.random.Generator) -> Scene:
     bands = tuple(_band(rng) for _ in range(band_count))
     widths = tuple(float(rng.uniform(0.03, 0.07)) for _ in bands)
     region = _blob(rng) if rng.random() < 0.5 else None
-    region_word = _pick_word(rng, ("pond", "field")) if region is not None else None
+    region_word = pick(rng, ("pond", "field")) if region is not None else None
     shapes = []
     for _ in range(int(rng.integers(1, 5))):
         shapes.append((_SCENE_SHAPES[int(rng.integers(len(_SCENE_SHAPES)))], float(rng.uniform(0.15, 0.85)),
@@ -94,10 +96,6 @@ def make_scene(rng: np.random.Generator) -> Scene:
     return Scene(bands, widths, region, tuple(shapes), ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1])
 
 
-def _pick_word(rng: np.random.Generator, words: tuple[str, ...]) -> str:
-    return words[int(rng.integers(len(words)))]
-
-
 def _framing(rng: np.random.Generator, size: int):
     """A small similarity transform (turn up to 12 degrees, scale 0.85-1.15, shift up to 8 %) to pixels."""
     turn, scale = math.radians(rng.uniform(-12, 12)), rng.uniform(0.85, 1.15)
@@ -113,33 +111,16 @@ def _framing(rng: np.random.Generator, size: int):
 
 
 def _shape_outline(shape: str, cx: float, cy: float, r: float, turn: float) -> np.ndarray:
-    """Outline points of a shape in normalised coordinates."""
+    """Outline points of a shape in normalised coordinates, turned by `turn` degrees (hearts by a fifth of it,
+    so they stay nearly upright); the corpus's own outlines, so a scene's star is the corpus's star."""
     if shape == "circle":
-        angles, radii = np.linspace(0, 360, 28, endpoint=False), np.full(28, r)
-    elif shape == "square":
-        angles, radii = np.array([45, 135, 225, 315.0]), np.full(4, r * 1.2)
-    elif shape == "diamond":
-        angles, radii = np.array([0, 90, 180, 270.0]), np.full(4, r * 1.25)
-    elif shape == "triangle":
-        angles, radii = np.array([-90, 30, 150.0]), np.full(3, r * 1.2)
-    elif shape == "pentagon":
-        angles, radii = -90 + 72 * np.arange(5.0), np.full(5, r)
-    elif shape == "star":
-        angles, radii = -90 + 36 * np.arange(10.0), np.where(np.arange(10) % 2 == 0, r * 1.2, r * 0.5)
-    elif shape == "cross":
-        w = 0.36
-        local = np.array([(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]) * r
-        a = math.radians(turn)
-        rotated = np.stack([local[:, 0] * math.cos(a) - local[:, 1] * math.sin(a), local[:, 0] * math.sin(a) + local[:, 1] * math.cos(a)], 1)
-        return rotated + [cx, cy]
-    else:  # heart
-        t = np.linspace(0, 2 * math.pi, 32, endpoint=False)
-        local = np.stack([16 * np.sin(t) ** 3, -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))], 1) * r / 16
-        a = math.radians(turn) * 0.2  # hearts stay nearly upright
-        rotated = np.stack([local[:, 0] * math.cos(a) - local[:, 1] * math.sin(a), local[:, 0] * math.sin(a) + local[:, 1] * math.cos(a)], 1)
-        return rotated + [cx, cy]
-    a = np.radians(angles + turn)
-    return np.stack([cx + radii * np.cos(a), cy + radii * np.sin(a)], axis=1)
+        angles = np.linspace(0, 2 * math.pi, 28, endpoint=False)
+        local = np.stack([r * np.cos(angles), r * np.sin(angles)], axis=1)
+    else:
+        local = np.array(shape_polygon(shape, 0.0, 0.0, r, 0))
+    a = math.radians(turn * (0.2 if shape == "heart" else 1.0))
+    rotation = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
+    return local @ rotation + [cx, cy]
 
 
 def _noise_texture(rng: np.random.Generator, size: int, base: np.ndarray, spread: float, cells: int) -> np.ndarray:
