@@ -292,7 +292,38 @@ def test_domain_shift_recall_ranks_partners_among_all_items():
     assert _recall_at_5(items, -items) == 0.0  # its partner is the least similar of all
     result = domain_shift_recall(count=8, image_size=42)
     assert set(result) == {"satellite -> satellite again", "old map -> old map, next style", "old map -> satellite",
-                           "render -> render, other view", "drawing -> render", "chance"}
+                           "render -> render, other view", "drawing -> render", "old map -> satellite, detail layout",
+                           "drawing -> render, detail layout", "chance", "same place, other shape and colour"}
     assert result["chance"] == 62.5 and all(0.0 <= value <= 100.0 for value in result.values())
     with pytest.raises(ValueError, match="count must be at least 6"):
         domain_shift_recall(count=5)
+
+
+def test_detail_layout_locates_edges_whatever_their_colour():
+    from lowres_vision.pretrain.domain_shift import detail_layout
+
+    images = torch.zeros(3, 3, 64, 64, dtype=torch.float64)
+    images[0, :, 4:12, 4:12] = 1.0  # a bright square in the top-left cell of the 8 x 8 lattice
+    images[1] = -3.0 * images[0] + 0.5  # the same square darker than an offset background
+    images[2] = 0.7  # no detail anywhere
+    layout = detail_layout(images)
+    assert layout.shape == (3, 64)
+    torch.testing.assert_close(layout[0], layout[1])  # gradients' magnitude: colour and contrast drop out
+    assert layout[0].argmax() == 0 and layout[0].norm().item() == pytest.approx(1.0)
+    assert layout[2].abs().max().item() == 0.0
+
+
+def test_place_probe_scores_a_position_blind_embedding_at_chance_and_a_spatial_one_at_100():
+    from lowres_vision.data import eval_transform
+    from lowres_vision.pretrain.domain_shift import detail_layout, place_accuracy
+
+    transform = eval_transform(42)
+
+    def blind(images):  # the same vector for every image: argmax ties go to place 0, right once in 9
+        return torch.ones(len(images), 4)
+
+    def spatial(images):
+        return detail_layout(torch.stack([transform(image) for image in images]), grid=3)
+
+    assert place_accuracy(blind, 42, trials=3) == pytest.approx(100 / 9)
+    assert place_accuracy(spatial, 42, trials=3) == 100.0
