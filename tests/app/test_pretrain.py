@@ -262,6 +262,35 @@ def test_backbone_and_zero_shot_loaders_read_the_pretrained_checkpoint(tmp_path)
     assert text_encoder.encode(["a red circle"]).shape == (1, 32)
 
 
+def test_default_settings_write_the_shipped_models_config():
+    from lowres_vision.models.backbone import SHIPPED_CHECKPOINT
+
+    shipped = json.loads((Path(SHIPPED_CHECKPOINT).parent / trainer.MODEL_CONFIG_FILE).read_text())
+    assert PretrainConfig(out="unused").open_clip_config() == shipped
+
+
+def test_sine_cosine_position_embeddings_stay_fixed_and_load_at_any_size(tmp_path, capsys):
+    import open_clip
+    from open_clip.pos_embed import get_2d_sincos_pos_embed
+
+    from lowres_vision.models import build_backbone
+
+    pretrain(_config(tmp_path / "run", steps=2, pos_embed="sin_cos_2d"))
+    config = json.loads((tmp_path / "run" / trainer.MODEL_CONFIG_FILE).read_text())
+    assert config["model_cfg"]["vision_cfg"]["pos_embed_type"] == "sin_cos_2d"
+    saved = load_file(str(tmp_path / "run" / trainer.WEIGHTS_FILE))
+    table = torch.from_numpy(get_2d_sincos_pos_embed(TINY["width"], TINY["image_size"] // 14, cls_token=True)).float()
+    assert torch.equal(saved["visual.positional_embedding"], table)  # trained, yet unchanged
+    model = open_clip.create_model(f"local-dir:{tmp_path / 'run'}")
+    assert torch.equal(model.visual.positional_embedding, table)
+    visual, _ = build_backbone(checkpoint=str(tmp_path / "run" / trainer.WEIGHTS_FILE), image_size=42)
+    assert visual(torch.zeros(1, 3, 42, 42)).shape == (1, TINY["embed_dim"])
+    capsys.readouterr()
+    assert main(["pretrain", "--out", str(tmp_path / "bad"), *_flags({**TINY, "pos_embed": "sincos"})]) == 2
+    assert capsys.readouterr().err.strip() == ("lowres-vision pretrain: error: pos_embed must be one of learnable, "
+                                               "sin_cos_2d, got 'sincos'")
+
+
 def _ddp_worker(rank: int, world_size: int, port: int, cfg: PretrainConfig) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)

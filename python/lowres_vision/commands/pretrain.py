@@ -18,6 +18,7 @@ _HELP = {
     "width": "image tower width", "layers": "image tower blocks", "head_width": "image tower width per head",
     "text_width": "text tower width (a multiple of 32)", "text_layers": "text tower blocks",
     "context_length": "text tokens", "embed_dim": "shared embedding size",
+    "pos_embed": "image tower position embeddings: learnable (open_clip's default, the shipped model's) or sin_cos_2d (fixed)",
     "scene_share": "share of the corpus that is scenes drawn as a sketch, a photo or a model (0: none, as the shipped model)",
     "view_weight": "weight of the image-to-image term between a scene's renderings in two styles (0: CLIP loss only)",
     "view_temperature": "temperature of the image-to-image term",

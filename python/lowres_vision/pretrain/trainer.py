@@ -38,6 +38,9 @@ STATE_FILE = "state.pt"
 STATE_FORMAT = 1
 # What may differ between a run and its resumption: everything else must match.
 RESUMABLE_CHANGES = ("resume", "device", "workers", "threads")
+# The image tower's position embeddings (open_clip's `pos_embed_type`): learnt from a random start, open_clip's
+# default and the shipped model's, or its fixed 2-D sine-cosine table.
+POSITION_EMBEDDINGS = ("learnable", "sin_cos_2d")
 
 
 @dataclass
@@ -59,6 +62,9 @@ class PretrainConfig:
     text_layers: int = 2
     context_length: int = 40
     embed_dim: int = 128
+    # "sin_cos_2d" gives the tower a sense of place from the first step: at the shipped budget a learnt table
+    # from a random start leaves the embedding nearly blind to where things are (README, domain_shift's place probe).
+    pos_embed: str = "learnable"
     # Opt-in, an experiment towards style invariance (off in the shipped model): `scene_share` of the
     # corpus are scenes (pretrain/scenes.py), and with `view_weight` > 0 each scene's two renderings in
     # different styles are the positives of a symmetric InfoNCE over the step's scenes at `view_temperature`.
@@ -89,6 +95,8 @@ class PretrainConfig:
             raise ConfigError(f"view_weight {self.view_weight} needs scenes to pair: set scene_share > 0")
         if not self.lr > 0 or self.weight_decay < 0:
             raise ConfigError(f"lr must be > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
+        if self.pos_embed not in POSITION_EMBEDDINGS:
+            raise ConfigError(f"pos_embed must be one of {', '.join(POSITION_EMBEDDINGS)}, got {self.pos_embed!r}")
         if self.image_size % 14:
             raise ConfigError(f"image_size must be a multiple of the patch size 14, got {self.image_size}")
         if self.width % self.head_width or self.text_width % 32:
@@ -104,11 +112,15 @@ class PretrainConfig:
         return check_device(self.device)
 
     def model_config(self) -> dict:
-        """The open_clip model config (`open_clip.model.CLIP(**model_config)`)."""
+        """The open_clip model config (`open_clip.model.CLIP(**model_config)`); open_clip's default position
+        embedding goes unnamed, as in the shipped model's config."""
+        vision = {"image_size": self.image_size, "layers": self.layers, "width": self.width,
+                  "head_width": self.head_width, "patch_size": 14}
+        if self.pos_embed != "learnable":
+            vision["pos_embed_type"] = self.pos_embed
         return {
             "embed_dim": self.embed_dim,
-            "vision_cfg": {"image_size": self.image_size, "layers": self.layers, "width": self.width,
-                           "head_width": self.head_width, "patch_size": 14},
+            "vision_cfg": vision,
             "text_cfg": {"context_length": self.context_length, "vocab_size": 49408, "width": self.text_width,
                          "heads": self.text_width // 32, "layers": self.text_layers},
         }
