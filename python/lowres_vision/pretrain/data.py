@@ -42,16 +42,18 @@ class CaptionedCorpus(Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def sample(self, index: int):
+    def _corpus_index(self, index: int) -> int:
+        """The corpus-wide index of this split's sample `index`."""
         if not 0 <= index < self.size:
             raise IndexError(f"corpus index {index} outside [0, {self.size})")
-        return render_sample(self.seed, self.start + index, self.image_size, self.scene_share)
+        return self.start + index
+
+    def sample(self, index: int):
+        return render_sample(self.seed, self._corpus_index(index), self.image_size, self.scene_share)
 
     def second_view(self, index: int):
         """The second rendering of sample `index` (a `Sample`), or None if it is not a scene."""
-        if not 0 <= index < self.size:
-            raise IndexError(f"corpus index {index} outside [0, {self.size})")
-        return render_second_view(self.seed, self.start + index, self.image_size, self.scene_share)
+        return render_second_view(self.seed, self._corpus_index(index), self.image_size, self.scene_share)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         sample = self.sample(index)
