@@ -213,7 +213,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     with open(tmp_path / "killed" / "log.jsonl", "a") as log:
         log.write('{"step": 5, "lo')  # a kill can cut the last line short: resume drops it
     state = torch.load(tmp_path / "killed" / "state.pt", weights_only=False)
-    for added_later in ("scene_share", "view_weight", "view_temperature"):  # a run saved before they existed
+    for added_later in ("scene_share", "view_weight", "view_temperature", "restyle_weight"):  # saved before they existed
         del state["config"][added_later]  # resumes: a missing setting counts as its default
     torch.save(state, tmp_path / "killed" / "state.pt")
     pretrain(_config(tmp_path / "killed", resume=True))

@@ -22,6 +22,7 @@ _HELP = {
     "scene_share": "share of the corpus that is scenes drawn as a sketch, a photo or a model (0: none, as the shipped model)",
     "view_weight": "weight of the image-to-image term between a scene's renderings in two styles (0: CLIP loss only)",
     "view_temperature": "temperature of the image-to-image term",
+    "restyle_weight": "weight of the image-to-image term between each image and its restyled copy (new colours or ink lines, same layout; 0: off)",
     "checkpoint_every": "save the resumable state every N steps (0: at the end only)",
     "eval_every": "evaluate on the held-out split every N steps (0: at the end only)",
     "device": "auto, cpu, cuda or cuda:N", "workers": "data-loading worker processes",

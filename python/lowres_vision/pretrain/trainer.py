@@ -10,7 +10,8 @@ written at the end; `state.pt`, the resumable training state, written atomically
 `pretrain_config.json`, `log.jsonl` (one line per step, plus evaluations) and `metrics.json`.
 The loss is open_clip's `ClipLoss`; under torchrun it gathers the features of every rank. With the
 opt-in `view_weight` > 0, `view_loss` between each scene and its rendering in another style is added;
-its negatives are the other scenes of the rank's share of the step.
+its negatives are the other scenes of the rank's share of the step. With `restyle_weight` > 0, the same
+InfoNCE pairs every image with its restyled copy (`restyle.py`), against the rank's other images.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +32,7 @@ from ..config import ConfigError, check_device
 from ..atomic_files import write_atomic, write_json
 from ..training.run_directory import save_tensors, truncate_log
 from .data import CaptionedCorpus, StepBatchSampler
+from .restyle import restyle
 from .evaluate import evaluate_heldout
 
 MODEL_CONFIG_FILE = "open_clip_config.json"
@@ -41,6 +44,7 @@ RESUMABLE_CHANGES = ("resume", "device", "workers", "threads")
 # The image tower's position embeddings (open_clip's `pos_embed_type`): learnt from a random start, open_clip's
 # default and the shipped model's, or its fixed 2-D sine-cosine table.
 POSITION_EMBEDDINGS = ("learnable", "sin_cos_2d")
+_RESTYLE_STREAM = 2  # keeps the restyling draws apart from the corpus's and the sampler's streams
 
 
 @dataclass
@@ -71,6 +75,9 @@ class PretrainConfig:
     scene_share: float = 0.0
     view_weight: float = 0.0
     view_temperature: float = 0.1
+    # Opt-in: with `restyle_weight` > 0 every image and its restyled copy (pretrain/restyle.py: new colours, a
+    # share redrawn as ink lines, the layout kept) are the positives of the image-to-image term at view_temperature.
+    restyle_weight: float = 0.0
     checkpoint_every: int = 50
     eval_every: int = 0  # 0: evaluate at the end only
     device: str = "auto"
@@ -91,6 +98,8 @@ class PretrainConfig:
         if not (self.view_weight >= 0 and math.isfinite(self.view_weight)) or not self.view_temperature > 0:
             raise ConfigError(f"view_weight must be >= 0 and view_temperature > 0, got view_weight={self.view_weight}, "
                               f"view_temperature={self.view_temperature}")
+        if not (self.restyle_weight >= 0 and math.isfinite(self.restyle_weight)):
+            raise ConfigError(f"restyle_weight must be >= 0, got {self.restyle_weight}")
         if self.view_weight > 0 and self.scene_share == 0:
             raise ConfigError(f"view_weight {self.view_weight} needs scenes to pair: set scene_share > 0")
         if not self.lr > 0 or self.weight_decay < 0:
@@ -150,6 +159,13 @@ def view_loss(first: torch.Tensor, second: torch.Tensor, temperature: float) -> 
     logits = first @ second.T / temperature
     labels = torch.arange(first.shape[0], device=first.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def restyle_generator(cfg: PretrainConfig, step: int, rank: int) -> torch.Generator:
+    """The random stream restyling rank `rank`'s images at `step`: a function of the run's seed, so a resumed run
+    restyles as an uninterrupted one."""
+    seed = np.random.SeedSequence([cfg.seed, _RESTYLE_STREAM, step, rank]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(seed))
 
 
 def learning_rate(cfg: PretrainConfig, step: int) -> float:
@@ -238,16 +254,23 @@ def pretrain(cfg: PretrainConfig) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             paired = views[1].nonzero().flatten() if views else torch.zeros(0, dtype=torch.long)
+            batch = tokens.shape[0]
             if views:  # the second renderings ride in the same forward pass, after the batch
                 images = torch.cat([images, views[0][paired]])
+            if cfg.restyle_weight > 0:  # and the restyled copies after them
+                restyled = restyle(images[:batch], restyle_generator(cfg, step, dist.rank))
+                images = torch.cat([images, restyled])
             output = trained(images.to(dist.device), tokens.to(dist.device))
             features = output["image_features"]
-            batch = tokens.shape[0]
             clip_loss = loss_fn(features[:batch], output["text_features"], output["logit_scale"])
             loss, pair_loss = clip_loss, None
             if len(paired) > 1:  # a single pair has no negative
-                pair_loss = view_loss(features[paired.to(dist.device)], features[batch:], cfg.view_temperature)
+                pair_loss = view_loss(features[paired.to(dist.device)], features[batch:batch + len(paired)], cfg.view_temperature)
                 loss = clip_loss + cfg.view_weight * pair_loss
+            restyled_loss = None
+            if cfg.restyle_weight > 0:
+                restyled_loss = view_loss(features[:batch], features[-batch:], cfg.view_temperature)
+                loss = loss + cfg.restyle_weight * restyled_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -260,6 +283,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
             if views:  # the two terms apart, and how many scenes the image-to-image term paired
                 record.update(clip_loss=round(clip_loss.item(), 5), pairs=len(paired),
                               view_loss=None if pair_loss is None else round(pair_loss.item(), 5))
+            if restyled_loss is not None:
+                record.update(clip_loss=round(clip_loss.item(), 5), restyle_loss=round(restyled_loss.item(), 5))
             if dist.is_main and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
                 record["heldout"] = evaluate_heldout(model, cfg, dist.device)
                 model.train()
