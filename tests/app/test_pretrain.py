@@ -262,11 +262,21 @@ def test_backbone_and_zero_shot_loaders_read_the_pretrained_checkpoint(tmp_path)
     assert text_encoder.encode(["a red circle"]).shape == (1, 32)
 
 
-def test_default_settings_write_the_shipped_models_config():
+def test_the_model_cards_command_writes_the_shipped_models_config():
+    import dataclasses
+    import shlex
+
+    from lowres_vision.cli import build_parser
     from lowres_vision.models.backbone import SHIPPED_CHECKPOINT
 
-    shipped = json.loads((Path(SHIPPED_CHECKPOINT).parent / trainer.MODEL_CONFIG_FILE).read_text())
-    assert PretrainConfig(out="unused").open_clip_config() == shipped
+    folder = Path(SHIPPED_CHECKPOINT).parent
+    shipped = json.loads((folder / trainer.MODEL_CONFIG_FILE).read_text())
+    commands = re.findall(r"^\s*(lowres-vision pretrain .*)$", (folder / "MODEL_CARD.md").read_text(), re.M)
+    assert len(commands) == 1, commands
+    args = build_parser().parse_args(shlex.split(commands[0])[1:])
+    cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
+    assert cfg.open_clip_config() == shipped
+    assert (cfg.pos_embed, cfg.restyle_weight) == ("sin_cos_2d", 1.0)
 
 
 def test_sine_cosine_position_embeddings_stay_fixed_and_load_at_any_size(tmp_path, capsys):
