@@ -1,6 +1,7 @@
 """The shipped CLIP is a backbone that adaptation can learn from: on a small split of held-out
 corpus images, the linear probe and AdaptFormer beat chance by a clear margin, and the loss falls;
-on the synthetic circuits, the linear probe tells functions apart well above chance."""
+on the synthetic circuits, the linear probe tells functions apart well above chance, and on the
+synthetic maps its embedding head finds a city's satellite image from its old map well above chance."""
 
 from __future__ import annotations
 
@@ -82,3 +83,20 @@ def test_the_linear_probe_tells_synthetic_circuit_functions_apart(tmp_path):
     cfg = TrainConfig(task="circuits", data_root=str(root), checkpoint=SHIPPED_CHECKPOINT, image_size=70,
                       linear_probe="logreg", out=str(tmp_path / "probe"), eval_every=0, seed=0)
     assert train(cfg)["top1"] >= 5.0
+
+
+@pytest.mark.slow
+def test_the_linear_probe_retrieves_satellite_images_from_old_maps(tmp_path):
+    # The demo's linear-probe run on maps, training seed 0: the embedding head on the frozen CLIP at 70 px,
+    # 3 epochs (300 training pairs; 327 test pairs). Measured: R@5 3.2 %, mean rank 144.7. Guessing gives
+    # 1.5 % and a mean rank of 164 with a standard error of ~5 over 327 queries, so 152 is a clear margin.
+    from lowres_vision.demo import DemoSettings, configuration
+
+    root = generate(tmp_path / "synth", tasks=["historic-maps"], workers=1, progress=False)
+    settings = DemoSettings()
+    cfg = TrainConfig(task="historic-maps", data_root=str(root), checkpoint=SHIPPED_CHECKPOINT,
+                      image_size=settings.resolved_image_size, epochs=settings.epochs, batch_size=settings.batch_size,
+                      lr=settings.lr, seed=0, out=str(tmp_path / "probe"), eval_every=1,
+                      **configuration("Linear probe", "historic-maps"))
+    metrics = train(cfg)
+    assert metrics["mean_rank"] <= 152 and metrics["R@5"] >= 2.5, metrics
