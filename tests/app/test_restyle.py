@@ -57,5 +57,7 @@ def test_restyling_is_fixed_by_the_generator_and_checks_its_input():
     first = restyle(images, torch.Generator().manual_seed(5))
     assert torch.equal(first, restyle(images, torch.Generator().manual_seed(5)))
     assert not torch.equal(first, restyle(images, torch.Generator().manual_seed(6)))
+    double = restyle(images.double(), torch.Generator().manual_seed(5), line_share=1.0)
+    assert double.dtype == torch.float64 and double.shape == images.shape
     with pytest.raises(ValueError, match=r"restyle: expected images \[batch, 3, height, width\], got shape \(3, 56, 56\)"):
         restyle(images[0], torch.Generator())

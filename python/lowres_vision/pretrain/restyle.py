@@ -52,9 +52,10 @@ def restyle(images: torch.Tensor, generator: torch.Generator, line_share: float 
     lines; the same layout, CLIP-normalised."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"restyle: expected images [batch, 3, height, width], got shape {tuple(images.shape)}")
-    mean = torch.tensor(CLIP_MEAN, dtype=images.dtype)[:, None, None]
-    std = torch.tensor(CLIP_STD, dtype=images.dtype)[:, None, None]
-    pixels = (images.cpu() * std + mean).clamp(0, 1)
+    # Drawn in float32 on the CPU whatever the input's dtype and device, and given back in them.
+    mean = torch.tensor(CLIP_MEAN)[:, None, None]
+    std = torch.tensor(CLIP_STD)[:, None, None]
+    pixels = (images.detach().cpu().float() * std + mean).clamp(0, 1)
     batch = pixels.shape[0]
     as_lines = torch.rand((batch, 1, 1, 1), generator=generator) < line_share
     pixels = torch.where(as_lines, _ink_lines(pixels, generator), pixels)
@@ -71,4 +72,4 @@ def restyle(images: torch.Tensor, generator: torch.Generator, line_share: float 
     strength = _uniform((batch, 1, 1, 1), 0.0, 0.12, generator)
     pixels = pixels + strength * _smooth_field(batch, size, cells, generator)
     pixels = pixels + _uniform((batch, 1, 1, 1), 0.0, 0.04, generator) * torch.randn(pixels.shape, generator=generator)
-    return ((pixels.clamp(0, 1) - mean) / std).to(images.device)
+    return ((pixels.clamp(0, 1) - mean) / std).to(device=images.device, dtype=images.dtype)
