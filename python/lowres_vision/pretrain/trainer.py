@@ -42,7 +42,7 @@ STATE_FORMAT = 1
 # What may differ between a run and its resumption: everything else must match.
 RESUMABLE_CHANGES = ("resume", "device", "workers", "threads")
 # The image tower's position embeddings (open_clip's `pos_embed_type`): learnt from a random start, open_clip's
-# default and the shipped model's, or its fixed 2-D sine-cosine table.
+# default and the previous shipped model's, or its fixed 2-D sine-cosine table, the shipped model's.
 POSITION_EMBEDDINGS = ("learnable", "sin_cos_2d")
 _RESTYLE_STREAM = 2  # keeps the restyling draws apart from the corpus's and the sampler's streams
 
@@ -66,7 +66,7 @@ class PretrainConfig:
     text_layers: int = 2
     context_length: int = 40
     embed_dim: int = 128
-    # "sin_cos_2d" gives the tower a sense of place from the first step: at the shipped budget a learnt table
+    # "sin_cos_2d" (the shipped model's) gives the tower a sense of place from the first step: at its budget a learnt table
     # from a random start leaves the embedding nearly blind to where things are (README, domain_shift's place probe).
     pos_embed: str = "learnable"
     # Opt-in, an experiment towards style invariance (off in the shipped model): `scene_share` of the
@@ -75,7 +75,7 @@ class PretrainConfig:
     scene_share: float = 0.0
     view_weight: float = 0.0
     view_temperature: float = 0.1
-    # Opt-in: with `restyle_weight` > 0 every image and its restyled copy (pretrain/restyle.py: new colours, a
+    # Opt-in (on in the shipped model, at 1): with `restyle_weight` > 0 every image and its restyled copy (pretrain/restyle.py: new colours, a
     # share redrawn as ink lines, the layout kept) are the positives of the image-to-image term at view_temperature.
     restyle_weight: float = 0.0
     checkpoint_every: int = 50
@@ -122,7 +122,7 @@ class PretrainConfig:
 
     def model_config(self) -> dict:
         """The open_clip model config (`open_clip.model.CLIP(**model_config)`); open_clip's default position
-        embedding goes unnamed, as in the shipped model's config."""
+        embedding goes unnamed, as open_clip's own configs leave it."""
         vision = {"image_size": self.image_size, "layers": self.layers, "width": self.width,
                   "head_width": self.head_width, "patch_size": 14}
         if self.pos_embed != "learnable":
