@@ -182,7 +182,6 @@ def test_training_with_the_restyle_term_keeps_restyled_copies_near_their_origina
 
 @pytest.mark.parametrize("weight", ["-1.0", "nan"])
 def test_a_bad_restyle_weight_is_refused_in_one_line(tmp_path, capsys, weight):
-
     assert main(["pretrain", "--out", str(tmp_path / "bad"), *_flags({**TINY, "restyle_weight": weight})]) == 2
     assert capsys.readouterr().err.strip() == f"lowres-vision pretrain: error: restyle_weight must be >= 0, got {weight}"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from lowres_vision.pretrain.data import CaptionedCorpus, image_to_tensor
+from lowres_vision.pretrain.data import CaptionedCorpus, clip_pixels, image_to_tensor
 from lowres_vision.pretrain.domain_shift import detail_layout
 from lowres_vision.pretrain.restyle import restyle
 
@@ -25,12 +25,6 @@ def _square(size: int = 56, box: tuple[int, int, int, int] = (14, 14, 42, 42)) -
     return image_to_tensor(image)[None]
 
 
-def _pixels(images: torch.Tensor) -> torch.Tensor:
-    from lowres_vision.models.backbone import CLIP_MEAN, CLIP_STD
-
-    return images * torch.tensor(CLIP_STD)[:, None, None] + torch.tensor(CLIP_MEAN)[:, None, None]
-
-
 @pytest.mark.parametrize("line_share", [0.0, 1.0])
 def test_restyled_images_keep_their_layout_and_change_their_colours(line_share):
     images = _corpus_batch()
@@ -41,12 +35,12 @@ def test_restyled_images_keep_their_layout_and_change_their_colours(line_share):
     found = (new @ original.T).argmax(1).eq(torch.arange(len(images))).float().mean().item()
     assert found >= 0.75, found
     # The colours are new: the mean colour moves by more than a tenth of the range on average.
-    shift = (_pixels(restyled).mean((2, 3)) - _pixels(images).mean((2, 3))).abs().amax(1).mean().item()
+    shift = (clip_pixels(restyled).mean((2, 3)) - clip_pixels(images).mean((2, 3))).abs().amax(1).mean().item()
     assert shift > 0.1, shift
 
 
 def test_ink_lines_leave_flat_areas_as_paper_and_draw_the_edges():
-    restyled = _pixels(restyle(_square(), torch.Generator().manual_seed(3), line_share=1.0))[0]
+    restyled = clip_pixels(restyle(_square(), torch.Generator().manual_seed(3), line_share=1.0))[0]
     inside, outside, edge = restyled[:, 28, 28], restyled[:, 4, 4], restyled[:, 28, 14]
     assert torch.allclose(inside, outside, atol=0.1)  # both paper: the square's fill is gone
     assert (edge - inside).abs().max() > 0.2  # its outline is ink

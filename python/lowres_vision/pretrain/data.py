@@ -19,11 +19,22 @@ from .corpus import render_sample, render_second_view
 _SAMPLER_STREAM = 1  # keeps batch draws apart from the corpus's own per-sample streams
 
 
+_MEAN, _STD = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
+
+
+def clip_normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """Float pixels [..., 3, H, W] in [0, 1] -> CLIP-normalised (float32 statistics)."""
+    return (pixels - _MEAN) / _STD
+
+
+def clip_pixels(images: torch.Tensor) -> torch.Tensor:
+    """CLIP-normalised images [..., 3, H, W] -> float pixels, [0, 1] for images that came from pixels."""
+    return images * _STD + _MEAN
+
+
 def image_to_tensor(image) -> torch.Tensor:
     """PIL RGB -> CLIP-normalised float32 [3, H, W]."""
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
-    return (pixels - mean) / std
+    return clip_normalise(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1))
 
 
 class CaptionedCorpus(Dataset):

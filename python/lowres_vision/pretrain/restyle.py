@@ -10,8 +10,8 @@ SLIP adds a SimCLR term to CLIP, here with photometric changes only, so place is
 - with probability `line_share`, the image is first redrawn as its luminance edges in ink on paper
   of random colours, as a sketch is of a photograph.
 
-It works on batches of CLIP-normalised tensors and draws from a `torch.Generator`, so a run's
-restyled images depend only on its seed and step.
+It works on batches of CLIP-normalised tensors and draws from a `torch.Generator` only, which the
+trainer seeds from the run's seed, the step and the rank, so a resumed run restyles as before.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..models.backbone import CLIP_MEAN, CLIP_STD
+from .data import clip_normalise, clip_pixels
 
 
 def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -53,9 +53,7 @@ def restyle(images: torch.Tensor, generator: torch.Generator, line_share: float 
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"restyle: expected images [batch, 3, height, width], got shape {tuple(images.shape)}")
     # Drawn in float32 on the CPU whatever the input's dtype and device, and given back in them.
-    mean = torch.tensor(CLIP_MEAN)[:, None, None]
-    std = torch.tensor(CLIP_STD)[:, None, None]
-    pixels = (images.detach().cpu().float() * std + mean).clamp(0, 1)
+    pixels = clip_pixels(images.detach().cpu().float()).clamp(0, 1)
     batch = pixels.shape[0]
     as_lines = torch.rand((batch, 1, 1, 1), generator=generator) < line_share
     pixels = torch.where(as_lines, _ink_lines(pixels, generator), pixels)
@@ -72,4 +70,4 @@ def restyle(images: torch.Tensor, generator: torch.Generator, line_share: float 
     strength = _uniform((batch, 1, 1, 1), 0.0, 0.12, generator)
     pixels = pixels + strength * _smooth_field(batch, size, cells, generator)
     pixels = pixels + _uniform((batch, 1, 1, 1), 0.0, 0.04, generator) * torch.randn(pixels.shape, generator=generator)
-    return ((pixels.clamp(0, 1) - mean) / std).to(device=images.device, dtype=images.dtype)
+    return clip_normalise(pixels.clamp(0, 1)).to(device=images.device, dtype=images.dtype)
