@@ -96,7 +96,7 @@ def test_scenes_take_their_share_and_come_with_a_second_rendering_in_another_sty
         assert np.array_equal(np.asarray(second.image), np.asarray(render_second_view(2, i, 28, 0.4).image))
         style_pairs.add((first_style, second_style))
     assert len(style_pairs) == 6  # every ordered pair of the three styles occurs
-    with pytest.raises(ValueError, match="scene_share must be in"):
+    with pytest.raises(ValueError, match="scene_share and solid_share must be >= 0 with a sum below 1"):
         kind_shares(1.0)
 
 
@@ -111,29 +111,31 @@ def test_view_loss_is_the_symmetric_infonce_between_the_two_renderings():
     assert trainer.view_loss(first, first, 0.01).item() < 1e-6  # identical renderings: nothing to learn
 
 
-def test_the_image_to_image_term_is_added_to_the_clip_loss_on_each_steps_scenes(tmp_path):
+@pytest.mark.parametrize("shares, paired", [({"scene_share": 0.5}, "scene_to_other_style"),
+                                            ({"solid_share": 0.5}, "solid_to_other_view")])
+def test_the_image_to_image_term_is_added_to_the_clip_loss_on_each_steps_pairs(tmp_path, shares, paired):
     import open_clip
 
-    cfg = _config(tmp_path / "run", steps=3, scene_share=0.5, view_weight=2.0, batch_size=16)
-    corpus = CaptionedCorpus(cfg.seed, 0, cfg.corpus_size, cfg.image_size, cfg.context_length,
-                             scene_share=0.5, second_views=True)
+    cfg = _config(tmp_path / "run", steps=3, view_weight=2.0, batch_size=16, **shares)
+    corpus = CaptionedCorpus(cfg.seed, 0, cfg.corpus_size, cfg.image_size, cfg.context_length, second_views=True, **shares)
     torch.manual_seed(cfg.seed)
     initial = open_clip.model.CLIP(**cfg.model_config()).eval()
     metrics = pretrain(cfg)
     first = StepBatchSampler(cfg.corpus_size, cfg.batch_size, seed=cfg.seed, steps=1).batch(0)
     items = [corpus[i] for i in first]
     images, tokens = torch.stack([x[0] for x in items]), torch.stack([x[1] for x in items])
-    scenes = [k for k, x in enumerate(items) if x[3]]
-    seconds = torch.stack([items[k][2] for k in scenes])
+    paired_rows = [k for k, x in enumerate(items) if x[3]]
+    seconds = torch.stack([items[k][2] for k in paired_rows])
     record = _log(tmp_path / "run")[0]
     with torch.no_grad():
         clip_loss = _clip_loss_by_hand(initial, images, tokens)
-        view = trainer.view_loss(initial.encode_image(images[scenes]), initial.encode_image(seconds), 0.1).item()
-    assert record["pairs"] == len(scenes) >= 2
+        view = trainer.view_loss(initial.encode_image(images[paired_rows]), initial.encode_image(seconds), 0.1).item()
+    assert record["pairs"] == len(paired_rows) >= 2
     assert record["clip_loss"] == pytest.approx(clip_loss, abs=1e-4)
     assert record["view_loss"] == pytest.approx(view, abs=1e-4)
     assert record["loss"] == pytest.approx(clip_loss + 2.0 * view, abs=2e-4)
-    assert metrics["scene_pairs"] >= 2 and 0 <= metrics["scene_to_other_style_R@1"] <= 100
+    kind = paired.split("_")[0]
+    assert metrics[f"{kind}_pairs"] >= 2 and 0 <= metrics[f"{paired}_R@1"] <= 100
 
 
 def test_the_restyle_term_is_the_infonce_between_each_image_and_its_restyled_copy(tmp_path):
@@ -293,8 +295,8 @@ def test_cli_reports_bad_settings_and_reused_out_in_one_line(tmp_path, capsys):
     assert main(["pretrain", "--out", str(tmp_path / "a"), *_flags({**TINY, "steps": 3}), "--resume"]) == 2
     assert "settings differ from the saved run: steps (2 != 3)" in capsys.readouterr().err
     assert main(["pretrain", "--out", str(tmp_path / "b"), *_flags({**TINY, "view_weight": 1.0})]) == 2
-    assert capsys.readouterr().err.strip() == ("lowres-vision pretrain: error: view_weight 1.0 needs scenes to pair: "
-                                               "set scene_share > 0")
+    assert capsys.readouterr().err.strip() == ("lowres-vision pretrain: error: view_weight 1.0 needs scenes or solids "
+                                               "to pair: set scene_share or solid_share > 0")
 
 
 def test_backbone_and_zero_shot_loaders_read_the_pretrained_checkpoint(tmp_path):

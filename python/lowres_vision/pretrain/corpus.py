@@ -9,9 +9,10 @@ shapes and node-and-line diagrams (`DRAWING_LIKE_KINDS`), the little diagram-lik
 corpus holds. Nothing is taken from the synthetic LITE generators (no circuit symbols, city
 layouts or machine parts, none of their class names).
 
-Opt-in (`scene_share` > 0, off for the shipped model): a share of scenes (`scenes.py`), each drawn as
-a sketch, a photo or a model and with a second rendering in another style (`render_second_view`),
-the positives of pretraining's image-to-image term.
+Opt-in, off for the shipped model: a share of scenes (`scene_share`, `scenes.py`), each drawn as a
+sketch, a photo or a model, and a share of solids (`solid_share`, `solids.py`), each drawn as a lit
+block or as a three-view line drawing. Both have a second rendering, the scene in another style and
+the solid in its other view (`render_second_view`): the positives of pretraining's image-to-image term.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .scenes import STYLE_PHRASES, STYLES, make_scene, render_scene
 from .shapes import pick, shape_polygon
+from .solids import VIEW_PHRASES, VIEWS, make_solid, render_solid
 
 _SUPERSAMPLE = 2  # drawn at 2x and downsampled, for anti-aliased edges
 
@@ -53,6 +55,9 @@ DRAWING_LIKE_KINDS = ("line drawing", "diagram")
 # rendering in another style for pretraining's image-to-image term. At scene_share 0 the corpus is the
 # one above, sample for sample.
 SCENE_KIND = "scene"
+# Opt-in (`solid_share` > 0): solids (`solids`), drawing-like too, each with its other view as a second rendering.
+SOLID_KIND = "solid"
+PAIRED_KINDS = (SCENE_KIND, SOLID_KIND)
 _SECOND_VIEW_STREAM = 1
 
 
@@ -312,19 +317,21 @@ _RENDERERS = {
 }
 
 
-def kind_shares(scene_share: float = 0.0) -> dict[str, float]:
-    """Each kind's share of the corpus: `KIND_WEIGHTS` scaled to 1 - scene_share, and the scenes' share."""
-    if not 0.0 <= scene_share < 1.0:
-        raise ValueError(f"scene_share must be in [0, 1), got {scene_share}")
+def kind_shares(scene_share: float = 0.0, solid_share: float = 0.0) -> dict[str, float]:
+    """Each kind's share of the corpus: `KIND_WEIGHTS` scaled to what the opt-in scenes and solids leave."""
+    if not (scene_share >= 0 and solid_share >= 0 and scene_share + solid_share < 1):
+        raise ValueError(f"scene_share and solid_share must be >= 0 with a sum below 1, got {scene_share} and {solid_share}")
     total = sum(KIND_WEIGHTS.values())
-    shares = {kind: weight / total * (1.0 - scene_share) for kind, weight in KIND_WEIGHTS.items()}
+    shares = {kind: weight / total * (1.0 - scene_share - solid_share) for kind, weight in KIND_WEIGHTS.items()}
     if scene_share > 0:
         shares[SCENE_KIND] = scene_share
+    if solid_share > 0:
+        shares[SOLID_KIND] = solid_share
     return shares
 
 
-def _draw_kind(rng: np.random.Generator, scene_share: float) -> str:
-    shares = kind_shares(scene_share)
+def _draw_kind(rng: np.random.Generator, scene_share: float, solid_share: float) -> str:
+    shares = kind_shares(scene_share, solid_share)
     kinds = tuple(shares)
     return kinds[int(rng.choice(len(kinds), p=np.array([shares[k] for k in kinds])))]
 
@@ -334,29 +341,44 @@ def _scene_and_style(rng: np.random.Generator):
     return scene, pick(rng, STYLES)
 
 
-def render_sample(seed: int, index: int, image_size: int, scene_share: float = 0.0) -> Sample:
+def _solid_and_view(rng: np.random.Generator):
+    solid = make_solid(rng)
+    return solid, pick(rng, VIEWS)
+
+
+def render_sample(seed: int, index: int, image_size: int, scene_share: float = 0.0, solid_share: float = 0.0) -> Sample:
     """Sample `index` of the corpus with `seed`, as an `image_size` RGB image and its caption."""
     rng = np.random.default_rng([seed, index])
-    kind = _draw_kind(rng, scene_share)
+    kind = _draw_kind(rng, scene_share, solid_share)
     size = image_size * _SUPERSAMPLE
     if kind == SCENE_KIND:
         scene, style = _scene_and_style(rng)
         image, caption, subject = render_scene(scene, style, rng, size), f"{STYLE_PHRASES[style]} {scene.caption}", None
+    elif kind == SOLID_KIND:
+        solid, view = _solid_and_view(rng)
+        image, caption, subject = render_solid(solid, view, rng, size), f"{VIEW_PHRASES[view]} {solid.caption}", None
     else:
         image, caption, subject = _RENDERERS[kind](rng, size)
     image = image.resize((image_size, image_size), Image.Resampling.BOX)
     return Sample(image=image, caption=caption, kind=kind, subject=subject)
 
 
-def render_second_view(seed: int, index: int, image_size: int, scene_share: float) -> Sample | None:
-    """For a scene sample, the same scene drawn in another style under another framing (from a random
-    stream of its own), captioned like the first; None for the other kinds."""
+def render_second_view(seed: int, index: int, image_size: int, scene_share: float, solid_share: float = 0.0) -> Sample | None:
+    """For a scene, the same scene drawn in another style under another framing; for a solid, its other view
+    (a drawing for a render, a render for a drawing); both from a random stream of their own and captioned
+    like the first. None for the other kinds."""
     rng = np.random.default_rng([seed, index])
-    if _draw_kind(rng, scene_share) != SCENE_KIND:
+    kind = _draw_kind(rng, scene_share, solid_share)
+    if kind not in PAIRED_KINDS:
         return None
-    scene, first_style = _scene_and_style(rng)  # the draws render_sample makes: the same scene
     view_rng = np.random.default_rng([seed, index, _SECOND_VIEW_STREAM])
-    style = pick(view_rng, tuple(s for s in STYLES if s != first_style))
-    image = render_scene(scene, style, view_rng, image_size * _SUPERSAMPLE)
-    return Sample(image=image.resize((image_size, image_size), Image.Resampling.BOX),
-                  caption=f"{STYLE_PHRASES[style]} {scene.caption}", kind=SCENE_KIND, subject=None)
+    size = image_size * _SUPERSAMPLE
+    if kind == SCENE_KIND:
+        scene, first_style = _scene_and_style(rng)  # the draws render_sample makes: the same scene
+        style = pick(view_rng, tuple(s for s in STYLES if s != first_style))
+        image, caption = render_scene(scene, style, view_rng, size), f"{STYLE_PHRASES[style]} {scene.caption}"
+    else:
+        solid, first_view = _solid_and_view(rng)
+        view = next(v for v in VIEWS if v != first_view)
+        image, caption = render_solid(solid, view, view_rng, size), f"{VIEW_PHRASES[view]} {solid.caption}"
+    return Sample(image=image.resize((image_size, image_size), Image.Resampling.BOX), caption=caption, kind=kind, subject=None)

@@ -38,16 +38,17 @@ def image_to_tensor(image) -> torch.Tensor:
 
 
 class CaptionedCorpus(Dataset):
-    """Samples `start .. start + size - 1` of the corpus with `seed` (and `scene_share`), as (image
-    tensor, token ids); with `second_views` also (second view tensor, has a second view): a scene's
-    rendering in another style, zeros and False for the other kinds."""
+    """Samples `start .. start + size - 1` of the corpus with `seed` (and the opt-in `scene_share` and
+    `solid_share`), as (image tensor, token ids); with `second_views` also (second view tensor, has a
+    second view): a scene's rendering in another style or a solid's other view, zeros and False for the
+    other kinds."""
 
     def __init__(self, seed: int, start: int, size: int, image_size: int, context_length: int,
-                 scene_share: float = 0.0, second_views: bool = False) -> None:
+                 scene_share: float = 0.0, second_views: bool = False, solid_share: float = 0.0) -> None:
         from open_clip.tokenizer import SimpleTokenizer
 
         self.seed, self.start, self.size, self.image_size = seed, start, size, image_size
-        self.scene_share, self.second_views = scene_share, second_views
+        self.scene_share, self.solid_share, self.second_views = scene_share, solid_share, second_views
         self.tokenizer = SimpleTokenizer(context_length=context_length)
 
     def __len__(self) -> int:
@@ -60,11 +61,12 @@ class CaptionedCorpus(Dataset):
         return self.start + index
 
     def sample(self, index: int):
-        return render_sample(self.seed, self._corpus_index(index), self.image_size, self.scene_share)
+        return render_sample(self.seed, self._corpus_index(index), self.image_size, self.scene_share, self.solid_share)
 
     def second_view(self, index: int):
-        """The second rendering of sample `index` (a `Sample`), or None if it is not a scene."""
-        return render_second_view(self.seed, self._corpus_index(index), self.image_size, self.scene_share)
+        """The second rendering of sample `index` (a `Sample`), or None if it is neither a scene nor a solid."""
+        return render_second_view(self.seed, self._corpus_index(index), self.image_size, self.scene_share,
+                                  self.solid_share)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         sample = self.sample(index)

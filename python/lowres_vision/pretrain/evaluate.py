@@ -5,7 +5,8 @@ The held-out split is the `holdout` samples right after the training corpus (ind
 query's exact caption: the grammar repeats short captions ("five green stars"), and an image
 is as well described by another image's identical caption as by its own. A corpus with scenes
 (`scene_share` > 0) also reports how often a held-out scene's image embedding retrieves its rendering
-in another style among all held-out scenes' (`scene_to_other_style_R@k`).
+in another style among all held-out scenes' (`scene_to_other_style_R@k`), and one with solids
+(`solid_share` > 0) how often a solid retrieves its other view (`solid_to_other_view_R@k`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .corpus import SCENE_KIND, subject_prompts
+from .corpus import SCENE_KIND, SOLID_KIND, subject_prompts
 from .data import CaptionedCorpus, image_to_tensor
 
 RECALL_AT = (1, 5)
@@ -31,7 +32,7 @@ def evaluate_heldout(model: torch.nn.Module, cfg, device: torch.device, batch_si
     """Image->text and text->image recall over the held-out samples and zero-shot top-1 on those with one subject."""
     model.eval()
     corpus = CaptionedCorpus(cfg.seed, cfg.corpus_size, cfg.holdout, cfg.image_size, cfg.context_length,
-                             scene_share=cfg.scene_share)
+                             scene_share=cfg.scene_share, solid_share=cfg.solid_share)
     samples = [corpus.sample(i) for i in range(len(corpus))]
     image_features, text_features = [], []
     for start in range(0, len(samples), batch_size):
@@ -57,13 +58,15 @@ def evaluate_heldout(model: torch.nn.Module, cfg, device: torch.device, batch_si
     metrics["zeroshot_samples"] = len(labelled)
     metrics["zeroshot_classes"] = len(prompts)
     metrics["zeroshot_top1"] = round(100.0 * (predicted == labels).float().mean().item(), 2)
-    if cfg.scene_share > 0:  # each held-out scene retrieves its rendering in another style among all of them
-        scenes = [i for i, s in enumerate(samples) if s.kind == SCENE_KIND]
-        if len(scenes) > 1:
-            seconds = torch.stack([image_to_tensor(corpus.second_view(i).image) for i in scenes]).to(device)
-            second_features = torch.cat([F.normalize(model.encode_image(seconds[k:k + batch_size]).float(), dim=-1).cpu()
-                                         for k in range(0, len(scenes), batch_size)])
-            metrics["scene_pairs"] = len(scenes)
-            metrics.update({f"scene_to_other_style_{k}": v for k, v in recall_at_k(
-                images[scenes] @ second_features.T, torch.eye(len(scenes), dtype=torch.bool)).items()})
+    for kind, name in ((SCENE_KIND, "scene_to_other_style"), (SOLID_KIND, "solid_to_other_view")):
+        # each held-out scene (solid) retrieves its other rendering among those of all held-out scenes (solids)
+        paired = [i for i, s in enumerate(samples) if s.kind == kind]
+        if len(paired) < 2:
+            continue
+        seconds = torch.stack([image_to_tensor(corpus.second_view(i).image) for i in paired]).to(device)
+        second_features = torch.cat([F.normalize(model.encode_image(seconds[k:k + batch_size]).float(), dim=-1).cpu()
+                                     for k in range(0, len(paired), batch_size)])
+        metrics[f"{kind}_pairs"] = len(paired)
+        metrics.update({f"{name}_{k}": v for k, v in recall_at_k(
+            images[paired] @ second_features.T, torch.eye(len(paired), dtype=torch.bool)).items()})
     return metrics

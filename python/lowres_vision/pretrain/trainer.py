@@ -9,8 +9,8 @@ written at the end; `state.pt`, the resumable training state, written atomically
 `checkpoint_every` steps (a killed run continues with `resume=True` and gives the same weights);
 `pretrain_config.json`, `log.jsonl` (one line per step, plus evaluations) and `metrics.json`.
 The loss is open_clip's `ClipLoss`; under torchrun it gathers the features of every rank. With the
-opt-in `view_weight` > 0, `view_loss` between each scene and its rendering in another style is added;
-its negatives are the other scenes of the rank's share of the step. With `restyle_weight` > 0, the same
+opt-in `view_weight` > 0, `view_loss` between each scene and its rendering in another style, and each
+solid and its other view, is added; its negatives are the other pairs of the rank's share of the step. With `restyle_weight` > 0, the same
 InfoNCE pairs every image with its restyled copy (`restyle.py`), against the rank's other images.
 """
 
@@ -73,6 +73,9 @@ class PretrainConfig:
     # corpus are scenes (pretrain/scenes.py), and with `view_weight` > 0 each scene's two renderings in
     # different styles are the positives of a symmetric InfoNCE over the step's scenes at `view_temperature`.
     scene_share: float = 0.0
+    # Opt-in (off in the shipped model): `solid_share` of the corpus are solids (pretrain/solids.py), drawn as a lit block or
+    # a three-view line drawing; with `view_weight` > 0 a solid's two views are positives of the same term as a scene's.
+    solid_share: float = 0.0
     view_weight: float = 0.0
     view_temperature: float = 0.1
     # Opt-in (on in the shipped model, at 1): with `restyle_weight` > 0 every image and its restyled copy (pretrain/restyle.py: new colours, a
@@ -93,15 +96,16 @@ class PretrainConfig:
         for name in ("warmup", "checkpoint_every", "eval_every", "workers", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.scene_share < 1:
-            raise ConfigError(f"scene_share must be in [0, 1), got {self.scene_share}")
+        if not (self.scene_share >= 0 and self.solid_share >= 0 and self.scene_share + self.solid_share < 1):
+            raise ConfigError(f"scene_share and solid_share must be >= 0 with a sum below 1, "
+                              f"got scene_share={self.scene_share}, solid_share={self.solid_share}")
         if not (self.view_weight >= 0 and math.isfinite(self.view_weight)) or not self.view_temperature > 0:
             raise ConfigError(f"view_weight must be >= 0 and view_temperature > 0, got view_weight={self.view_weight}, "
                               f"view_temperature={self.view_temperature}")
         if not (self.restyle_weight >= 0 and math.isfinite(self.restyle_weight)):
             raise ConfigError(f"restyle_weight must be >= 0, got {self.restyle_weight}")
-        if self.view_weight > 0 and self.scene_share == 0:
-            raise ConfigError(f"view_weight {self.view_weight} needs scenes to pair: set scene_share > 0")
+        if self.view_weight > 0 and self.scene_share == 0 and self.solid_share == 0:
+            raise ConfigError(f"view_weight {self.view_weight} needs scenes or solids to pair: set scene_share or solid_share > 0")
         if not self.lr > 0 or self.weight_decay < 0:
             raise ConfigError(f"lr must be > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
         if self.pos_embed not in POSITION_EMBEDDINGS:
@@ -229,7 +233,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     loss_fn = ClipLoss(local_loss=True, gather_with_grad=True, rank=dist.rank, world_size=dist.world_size)
 
     corpus = CaptionedCorpus(cfg.seed, 0, cfg.corpus_size, cfg.image_size, cfg.context_length,
-                             scene_share=cfg.scene_share, second_views=cfg.view_weight > 0)
+                             scene_share=cfg.scene_share, second_views=cfg.view_weight > 0, solid_share=cfg.solid_share)
     sampler = StepBatchSampler(cfg.corpus_size, cfg.batch_size, seed=cfg.seed, steps=cfg.steps, start_step=start_step,
                                rank=dist.rank, world_size=dist.world_size)
     loader = torch.utils.data.DataLoader(corpus, batch_sampler=sampler, num_workers=cfg.workers,
@@ -280,7 +284,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
             done = step + 1
             record = {"step": step, "loss": round(loss.item(), 5), "lr": lr,
                       "logit_scale": round(model.logit_scale.exp().item(), 3), "seconds": round(time.time() - started, 2)}
-            if views:  # the two terms apart, and how many scenes the image-to-image term paired
+            if views:  # the two terms apart, and how many scenes and solids the image-to-image term paired
                 record.update(clip_loss=round(clip_loss.item(), 5), pairs=len(paired),
                               view_loss=None if pair_loss is None else round(pair_loss.item(), 5))
             if restyled_loss is not None:
