@@ -11,9 +11,9 @@ from matplotlib.path import Path as PolygonPath
 from scipy import ndimage
 
 from lowres_vision.config import ConfigError
-from lowres_vision.pretrain import PretrainConfig, kind_shares, render_sample, render_second_view
-from lowres_vision.pretrain.corpus import SCENE_KIND, SOLID_KIND
-from lowres_vision.pretrain.solids import (SOLID_SHAPES, VIEW_PHRASES, make_solid, render_block, render_drawing)
+from lowres_vision.pretrain import (SCENE_KIND, SOLID_KIND, PretrainConfig, kind_shares, render_sample,
+                                    render_second_view)
+from lowres_vision.pretrain.solids import SOLID_SHAPES, VIEW_PHRASES, make_solid, render_block, render_drawing
 
 _CAPTION = re.compile(rf"^an? ({'|'.join(SOLID_SHAPES)})-shaped (plate|block)(?: with (one|two|three|four) holes?)?$")
 _COUNTS = {None: 0, "one": 1, "two": 2, "three": 3, "four": 4}
