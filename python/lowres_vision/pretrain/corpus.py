@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -57,7 +58,6 @@ DRAWING_LIKE_KINDS = ("line drawing", "diagram")
 SCENE_KIND = "scene"
 # Opt-in (`solid_share` > 0): solids (`solids`), drawing-like too, each with its other view as a second rendering.
 SOLID_KIND = "solid"
-PAIRED_KINDS = (SCENE_KIND, SOLID_KIND)
 _SECOND_VIEW_STREAM = 1
 
 
@@ -320,7 +320,8 @@ _RENDERERS = {
 def kind_shares(scene_share: float = 0.0, solid_share: float = 0.0) -> dict[str, float]:
     """Each kind's share of the corpus: `KIND_WEIGHTS` scaled to what the opt-in scenes and solids leave."""
     if not (scene_share >= 0 and solid_share >= 0 and scene_share + solid_share < 1):
-        raise ValueError(f"scene_share and solid_share must be >= 0 with a sum below 1, got {scene_share} and {solid_share}")
+        raise ValueError(f"scene_share and solid_share must be >= 0 with a sum below 1, "
+                         f"got scene_share={scene_share}, solid_share={solid_share}")
     total = sum(KIND_WEIGHTS.values())
     shares = {kind: weight / total * (1.0 - scene_share - solid_share) for kind, weight in KIND_WEIGHTS.items()}
     if scene_share > 0:
@@ -336,14 +337,19 @@ def _draw_kind(rng: np.random.Generator, scene_share: float, solid_share: float)
     return kinds[int(rng.choice(len(kinds), p=np.array([shares[k] for k in kinds])))]
 
 
-def _scene_and_style(rng: np.random.Generator):
-    scene = make_scene(rng)
-    return scene, pick(rng, STYLES)
+@dataclass(frozen=True)
+class _PairedKind:
+    """A kind drawn in one of several styles, whose second rendering is the same content in another style."""
+
+    make: Callable  # rng -> content with a `.caption`
+    styles: tuple[str, ...]
+    phrases: dict[str, str]  # style -> the caption's opening words
+    render: Callable  # (content, style, rng, size) -> PIL image
 
 
-def _solid_and_view(rng: np.random.Generator):
-    solid = make_solid(rng)
-    return solid, pick(rng, VIEWS)
+_PAIRED = {SCENE_KIND: _PairedKind(make_scene, STYLES, STYLE_PHRASES, render_scene),
+           SOLID_KIND: _PairedKind(make_solid, VIEWS, VIEW_PHRASES, render_solid)}
+PAIRED_KINDS = tuple(_PAIRED)
 
 
 def render_sample(seed: int, index: int, image_size: int, scene_share: float = 0.0, solid_share: float = 0.0) -> Sample:
@@ -351,12 +357,10 @@ def render_sample(seed: int, index: int, image_size: int, scene_share: float = 0
     rng = np.random.default_rng([seed, index])
     kind = _draw_kind(rng, scene_share, solid_share)
     size = image_size * _SUPERSAMPLE
-    if kind == SCENE_KIND:
-        scene, style = _scene_and_style(rng)
-        image, caption, subject = render_scene(scene, style, rng, size), f"{STYLE_PHRASES[style]} {scene.caption}", None
-    elif kind == SOLID_KIND:
-        solid, view = _solid_and_view(rng)
-        image, caption, subject = render_solid(solid, view, rng, size), f"{VIEW_PHRASES[view]} {solid.caption}", None
+    if kind in _PAIRED:
+        paired = _PAIRED[kind]
+        content, style = paired.make(rng), pick(rng, paired.styles)
+        image, caption, subject = paired.render(content, style, rng, size), f"{paired.phrases[style]} {content.caption}", None
     else:
         image, caption, subject = _RENDERERS[kind](rng, size)
     image = image.resize((image_size, image_size), Image.Resampling.BOX)
@@ -369,16 +373,12 @@ def render_second_view(seed: int, index: int, image_size: int, scene_share: floa
     like the first. None for the other kinds."""
     rng = np.random.default_rng([seed, index])
     kind = _draw_kind(rng, scene_share, solid_share)
-    if kind not in PAIRED_KINDS:
+    if kind not in _PAIRED:
         return None
+    paired = _PAIRED[kind]
+    content, first_style = paired.make(rng), pick(rng, paired.styles)  # the draws render_sample makes: the same content
     view_rng = np.random.default_rng([seed, index, _SECOND_VIEW_STREAM])
-    size = image_size * _SUPERSAMPLE
-    if kind == SCENE_KIND:
-        scene, first_style = _scene_and_style(rng)  # the draws render_sample makes: the same scene
-        style = pick(view_rng, tuple(s for s in STYLES if s != first_style))
-        image, caption = render_scene(scene, style, view_rng, size), f"{STYLE_PHRASES[style]} {scene.caption}"
-    else:
-        solid, first_view = _solid_and_view(rng)
-        view = next(v for v in VIEWS if v != first_view)
-        image, caption = render_solid(solid, view, view_rng, size), f"{VIEW_PHRASES[view]} {solid.caption}"
-    return Sample(image=image.resize((image_size, image_size), Image.Resampling.BOX), caption=caption, kind=kind, subject=None)
+    style = pick(view_rng, tuple(s for s in paired.styles if s != first_style))
+    image = paired.render(content, style, view_rng, image_size * _SUPERSAMPLE)
+    return Sample(image=image.resize((image_size, image_size), Image.Resampling.BOX),
+                  caption=f"{paired.phrases[style]} {content.caption}", kind=kind, subject=None)

@@ -10,8 +10,9 @@ written at the end; `state.pt`, the resumable training state, written atomically
 `pretrain_config.json`, `log.jsonl` (one line per step, plus evaluations) and `metrics.json`.
 The loss is open_clip's `ClipLoss`; under torchrun it gathers the features of every rank. With the
 opt-in `view_weight` > 0, `view_loss` between each scene and its rendering in another style, and each
-solid and its other view, is added; its negatives are the other pairs of the rank's share of the step. With `restyle_weight` > 0, the same
-InfoNCE pairs every image with its restyled copy (`restyle.py`), against the rank's other images.
+solid and its other view, is added; its negatives are the other pairs of the rank's share of the step.
+With `restyle_weight` > 0, the same InfoNCE pairs every image with its restyled copy (`restyle.py`),
+against the rank's other images.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, check_device
 from ..atomic_files import write_atomic, write_json
 from ..training.run_directory import save_tensors, truncate_log
+from .corpus import kind_shares
 from .data import CaptionedCorpus, StepBatchSampler
 from .restyle import restyle
 from .evaluate import evaluate_heldout
@@ -96,9 +98,10 @@ class PretrainConfig:
         for name in ("warmup", "checkpoint_every", "eval_every", "workers", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not (self.scene_share >= 0 and self.solid_share >= 0 and self.scene_share + self.solid_share < 1):
-            raise ConfigError(f"scene_share and solid_share must be >= 0 with a sum below 1, "
-                              f"got scene_share={self.scene_share}, solid_share={self.solid_share}")
+        try:  # the corpus owns the rule for its opt-in shares
+            kind_shares(self.scene_share, self.solid_share)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if not (self.view_weight >= 0 and math.isfinite(self.view_weight)) or not self.view_temperature > 0:
             raise ConfigError(f"view_weight must be >= 0 and view_temperature > 0, got view_weight={self.view_weight}, "
                               f"view_temperature={self.view_temperature}")
