@@ -21,7 +21,7 @@ from lowres_vision.pretrain import (DRAWING_LIKE_KINDS, KIND_WEIGHTS, SCENE_KIND
                                     render_sample, render_second_view, subject_prompts)
 from lowres_vision.pretrain import trainer
 from lowres_vision.pretrain.data import CaptionedCorpus, StepBatchSampler
-from lowres_vision.pretrain.evaluate import recall_at_k
+from lowres_vision.pretrain.evaluate import other_rendering_recall, recall_at_k
 from lowres_vision.pretrain.restyle import restyle
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -213,6 +213,21 @@ def test_recall_at_k_counts_a_relevant_item_in_the_top_k():
     relevant = torch.tensor([[True, False, False], [True, False, False], [False, False, True]])
     # ranks of the relevant items: 1, 3, 3
     assert recall_at_k(similarity, relevant, (1, 2, 3)) == {"R@1": pytest.approx(33.33), "R@2": 33.33, "R@3": 100.0}
+
+
+def test_a_rendering_is_looked_for_among_the_second_renderings_in_its_partners_style():
+    # pairs 0, 1 and 3 have their second rendering as a drawing, pair 2 as a render
+    styles = ["drawing", "drawing", "render", "drawing"]
+    seconds = torch.eye(4, dtype=torch.float64)
+    firsts = torch.tensor([[0.5, 0.0, 0.9, 0.0],  # closest to render 2, but first among the drawings: a hit
+                           [0.0, 0.5, 0.0, 0.6],  # drawing 3 outranks its partner: a miss at 1, a hit at 2
+                           [0.1, 0.9, 0.2, 0.9],  # its partner is the only render: a hit whatever the drawings score
+                           [0.0, 0.0, 0.0, 1.0]], dtype=torch.float64)
+    assert other_rendering_recall(firsts, seconds, styles, ks=(1, 2)) == {
+        "R@1": 75.0, "R@2": 100.0,
+        "chance_R@1": pytest.approx(100 * (3 * (1 / 3) + 1) / 4), "chance_R@2": pytest.approx(100 * (3 * (2 / 3) + 1) / 4)}
+    # among all second renderings queries 0 and 2 would miss at 1 as well
+    assert recall_at_k(firsts @ seconds.T, torch.eye(4, dtype=torch.bool), (1,))["R@1"] == 25.0
 
 
 def _clip_loss_by_hand(model, images, tokens) -> float:

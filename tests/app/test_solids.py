@@ -38,6 +38,7 @@ def test_solids_take_their_share_and_their_second_rendering_is_the_other_view():
                                    if first.caption.startswith(p + " "))
         second_view = next(v for v, p in VIEW_PHRASES.items() if second.caption.startswith(p + " "))
         assert second_view != first_view and second.caption == f"{VIEW_PHRASES[second_view]} {content}"
+        assert (first.style, second.style) == (first_view, second_view)
         assert _CAPTION.match(content), content
         assert second.kind == SOLID_KIND and second.image.size == (28, 28)
         assert np.array_equal(np.asarray(second.image), np.asarray(render_second_view(4, i, 28, 0.0, 0.3).image))

@@ -67,6 +67,7 @@ class Sample:
     caption: str
     kind: str
     subject: str | None  # the one thing drawn, for zero-shot classification ("a star", "a house", ...); None if several
+    style: str | None = None  # how a scene or solid is drawn ("sketch", "drawing", ...); None for the other kinds
 
 
 def article(phrase: str) -> str:
@@ -357,6 +358,7 @@ def render_sample(seed: int, index: int, image_size: int, scene_share: float = 0
     rng = np.random.default_rng([seed, index])
     kind = _draw_kind(rng, scene_share, solid_share)
     size = image_size * _SUPERSAMPLE
+    style = None
     if kind in _PAIRED:
         paired = _PAIRED[kind]
         content, style = paired.make(rng), pick(rng, paired.styles)
@@ -364,7 +366,7 @@ def render_sample(seed: int, index: int, image_size: int, scene_share: float = 0
     else:
         image, caption, subject = _RENDERERS[kind](rng, size)
     image = image.resize((image_size, image_size), Image.Resampling.BOX)
-    return Sample(image=image, caption=caption, kind=kind, subject=subject)
+    return Sample(image=image, caption=caption, kind=kind, subject=subject, style=style)
 
 
 def render_second_view(seed: int, index: int, image_size: int, scene_share: float, solid_share: float = 0.0) -> Sample | None:
@@ -381,4 +383,4 @@ def render_second_view(seed: int, index: int, image_size: int, scene_share: floa
     style = pick(view_rng, tuple(s for s in paired.styles if s != first_style))
     image = paired.render(content, style, view_rng, image_size * _SUPERSAMPLE)
     return Sample(image=image.resize((image_size, image_size), Image.Resampling.BOX),
-                  caption=f"{paired.phrases[style]} {content.caption}", kind=kind, subject=None)
+                  caption=f"{paired.phrases[style]} {content.caption}", kind=kind, subject=None, style=style)

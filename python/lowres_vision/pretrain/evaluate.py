@@ -5,8 +5,12 @@ The held-out split is the `holdout` samples right after the training corpus (ind
 query's exact caption: the grammar repeats short captions ("five green stars"), and an image
 is as well described by another image's identical caption as by its own. A corpus with scenes
 (`scene_share` > 0) also reports how often a held-out scene's image embedding retrieves its rendering
-in another style among all held-out scenes' (`scene_to_other_style_R@k`), and one with solids
-(`solid_share` > 0) how often a solid retrieves its other view (`solid_to_other_view_R@k`).
+in another style (`scene_to_other_style_R@k`), and one with solids (`solid_share` > 0) how often a
+solid retrieves its other view (`solid_to_other_view_R@k`), each beside what guessing scores
+(`..._chance_R@k`). The gallery is the held-out second renderings drawn in the style of the query's own:
+a drawing looks for its render among renders. Ranked among all second renderings, a drawing would
+first meet the other drawings, and the score would fall below chance for an embedding that matches
+nothing across styles, which says nothing about what the term taught.
 """
 
 from __future__ import annotations
@@ -25,6 +29,20 @@ def recall_at_k(similarity: torch.Tensor, relevant: torch.Tensor, ks=RECALL_AT) 
     order = similarity.argsort(dim=1, descending=True)
     hits = relevant.gather(1, order)
     return {f"R@{k}": round(100.0 * hits[:, :k].any(dim=1).float().mean().item(), 2) for k in ks}
+
+
+def other_rendering_recall(firsts: torch.Tensor, seconds: torch.Tensor, second_styles: list[str],
+                           ks=RECALL_AT) -> dict[str, float]:
+    """Row i of `firsts` [n, d] retrieves row i of `seconds` [n, d] among the rows drawn in the same style
+    (`second_styles`) -> {"R@k": ..., "chance_R@k": % that guessing within each query's gallery scores}."""
+    styles = sorted(set(second_styles))
+    style_ids = torch.tensor([styles.index(style) for style in second_styles])
+    in_gallery = style_ids[:, None] == style_ids[None, :]  # [query, item]: the item is drawn as the query's partner is
+    similarity = (firsts @ seconds.T).masked_fill(~in_gallery, float("-inf"))
+    metrics = recall_at_k(similarity, torch.eye(len(second_styles), dtype=torch.bool), ks)
+    gallery = in_gallery.sum(dim=1).double()
+    metrics.update({f"chance_R@{k}": round(100.0 * (gallery.clamp(max=k) / gallery).mean().item(), 2) for k in ks})
+    return metrics
 
 
 @torch.inference_mode()
@@ -59,14 +77,16 @@ def evaluate_heldout(model: torch.nn.Module, cfg, device: torch.device, batch_si
     metrics["zeroshot_classes"] = len(prompts)
     metrics["zeroshot_top1"] = round(100.0 * (predicted == labels).float().mean().item(), 2)
     for kind, name in ((SCENE_KIND, "scene_to_other_style"), (SOLID_KIND, "solid_to_other_view")):
-        # each held-out scene (solid) retrieves its other rendering among those of all held-out scenes (solids)
+        # each held-out scene (solid) retrieves its other rendering among the held-out scenes' (solids') second
+        # renderings in that rendering's style
         paired = [i for i, s in enumerate(samples) if s.kind == kind]
         if len(paired) < 2:
             continue
-        seconds = torch.stack([image_to_tensor(corpus.second_view(i).image) for i in paired]).to(device)
+        second_views = [corpus.second_view(i) for i in paired]
+        seconds = torch.stack([image_to_tensor(view.image) for view in second_views]).to(device)
         second_features = torch.cat([F.normalize(model.encode_image(seconds[k:k + batch_size]).float(), dim=-1).cpu()
                                      for k in range(0, len(paired), batch_size)])
         metrics[f"{kind}_pairs"] = len(paired)
-        metrics.update({f"{name}_{k}": v for k, v in recall_at_k(
-            images[paired] @ second_features.T, torch.eye(len(paired), dtype=torch.bool)).items()})
+        metrics.update({f"{name}_{k}": v for k, v in other_rendering_recall(
+            images[paired], second_features, [view.style for view in second_views]).items()})
     return metrics
