@@ -85,13 +85,14 @@ def test_scenes_take_their_share_and_come_with_a_second_rendering_in_another_sty
     for i, sample in enumerate(samples):
         second = render_second_view(2, i, 28, 0.4)
         if sample.kind != SCENE_KIND:
-            assert second is None
+            assert second is None and sample.style is None
             continue
         first_style, content = next((s, sample.caption[len(p) + 1:]) for s, p in STYLE_PHRASES.items()
                                     if sample.caption.startswith(p + " "))
         second_style = next(s for s, p in STYLE_PHRASES.items() if second.caption.startswith(p + " "))
         assert second.caption == f"{STYLE_PHRASES[second_style]} {content}"  # the same scene, described alike
         assert second_style != first_style and second.image.size == (28, 28)
+        assert (sample.style, second.style) == (first_style, second_style)
         assert not np.array_equal(np.asarray(second.image), np.asarray(sample.image))
         assert np.array_equal(np.asarray(second.image), np.asarray(render_second_view(2, i, 28, 0.4).image))
         style_pairs.add((first_style, second_style))
