@@ -35,9 +35,8 @@ def other_rendering_recall(firsts: torch.Tensor, seconds: torch.Tensor, second_s
                            ks=RECALL_AT) -> dict[str, float]:
     """Row i of `firsts` [n, d] retrieves row i of `seconds` [n, d] among the rows drawn in the same style
     (`second_styles`) -> {"R@k": ..., "chance_R@k": % that guessing within each query's gallery scores}."""
-    styles = sorted(set(second_styles))
-    style_ids = torch.tensor([styles.index(style) for style in second_styles])
-    in_gallery = style_ids[:, None] == style_ids[None, :]  # [query, item]: the item is drawn as the query's partner is
+    # [query, item]: the item is drawn as the query's partner is
+    in_gallery = torch.tensor([[a == b for b in second_styles] for a in second_styles])
     similarity = (firsts @ seconds.T).masked_fill(~in_gallery, float("-inf"))
     metrics = recall_at_k(similarity, torch.eye(len(second_styles), dtype=torch.bool), ks)
     gallery = in_gallery.sum(dim=1).double()
